@@ -1,0 +1,124 @@
+"""Background embedding: memories are embedded off the call path, in batches, and retried."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from memori_core.embedding import Embedder, check_vectors
+from memori_core.errors import StorageError
+from memori_core.store.sql import SQLStore
+
+__all__ = ["EmbeddingIndexer", "indexer_for"]
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+BATCH = 64
+
+
+class EmbeddingIndexer:
+    """One daemon thread per (database, embedder) pair, woken when memories are written."""
+
+    def __init__(self, store: SQLStore, embedder: Embedder) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.failures = 0
+        self.embedded = 0
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._lock = threading.Lock()
+        self._lock_batch = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def notify(self) -> None:
+        """Memories were written: embed them soon."""
+        self._idle.clear()
+        self._wake.set()
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(
+                        target=self._run, name="memori-embedder", daemon=True
+                    )
+                    self._thread.start()
+
+    def run_once(self) -> int:
+        """Embed one batch of pending memories now; return how many were embedded."""
+        with self._lock_batch:
+            pending = self.store.pending_embeddings(self.embedder.model_id, BATCH, MAX_ATTEMPTS)
+            if not pending:
+                return 0
+            ids = [memory_id for memory_id, _ in pending]
+            try:
+                vectors = check_vectors(
+                    self.embedder.embed([t for _, t in pending]),
+                    len(pending),
+                    self.embedder.dimension,
+                )
+            except Exception:
+                self.failures += 1
+                log.warning("embedding %d memories failed; will retry", len(ids), exc_info=True)
+                self.store.mark_embedding_failed(ids)
+                raise
+            self.store.set_embeddings(
+                self.embedder.model_id,
+                self.embedder.dimension,
+                list(zip(ids, vectors, strict=True)),
+            )
+            self.embedded += len(ids)
+            return len(ids)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Embed everything pending now, in the caller's thread; False if it gave up."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                if self.run_once() == 0:
+                    return True
+            except Exception:
+                return False
+        return False
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                try:
+                    done = self.run_once()
+                except StorageError:
+                    log.warning("background embedding could not reach the store", exc_info=True)
+                    done = 0
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    break
+                except Exception:
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue_after_failure = self.store.pending_embeddings(
+                        self.embedder.model_id, 1, MAX_ATTEMPTS
+                    )
+                    if not continue_after_failure:
+                        break
+                    continue
+                backoff = 0.5
+                if done == 0:
+                    break
+            self._idle.set()
+
+
+_indexers: dict[tuple[int, str], EmbeddingIndexer] = {}
+_indexers_lock = threading.Lock()
+
+
+def indexer_for(store: SQLStore, embedder: Embedder) -> EmbeddingIndexer:
+    key = (id(store), f"{embedder.model_id}:{id(embedder)}")
+    with _indexers_lock:
+        indexer = _indexers.get(key)
+        if indexer is None:
+            indexer = _indexers[key] = EmbeddingIndexer(store, embedder)
+        return indexer

@@ -1,0 +1,1 @@
+"""Storage engines: SQLite (embedded default) and PostgreSQL, one SQLAlchemy Core schema."""

@@ -1,0 +1,166 @@
+"""Tables and the named, append-only schema migrations.
+
+A migration is never edited once released: add a new one at the end of `MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    select,
+)
+
+from memori_core.errors import MigrationError
+
+__all__ = ["FTS_TABLE", "MIGRATIONS", "memories", "messages", "metadata", "migrations", "sessions"]
+
+metadata = MetaData()
+
+migrations = Table(
+    "memori_migrations",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+sessions = Table(
+    "memori_sessions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("entity_id", String(255), nullable=False),
+    Column("process_id", String(255), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_active_at", Float, nullable=False),
+    Column("metadata", Text, nullable=True),
+    Index("ix_memori_sessions_scope", "entity_id", "process_id", "last_active_at"),
+)
+
+messages = Table(
+    "memori_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "session_id",
+        String(36),
+        ForeignKey("memori_sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("entity_id", String(255), nullable=False),
+    Column("process_id", String(255), nullable=True),
+    Column("seq", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("name", String(255), nullable=True),
+    Column("tool_calls", Text, nullable=True),
+    Column("tool_call_id", String(255), nullable=True),
+    Column("payload", Text, nullable=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("session_id", "seq", name="uq_memori_messages_session_seq"),
+    Index("ix_memori_messages_entity", "entity_id", "process_id"),
+)
+
+memories = Table(
+    "memori_memories",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("entity_id", String(255), nullable=False),
+    # NULL = entity-wide: visible to every process of the entity when sharing is allowed.
+    Column("process_id", String(255), nullable=True),
+    Column("session_id", String(36), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("text_hash", String(64), nullable=False),
+    # A short hash of the entity, indexed with the text so lexical search narrows to one entity.
+    Column("entity_key", String(24), nullable=False),
+    Column("fact_key", String(255), nullable=True),
+    Column("source_message_ids", Text, nullable=False, default="[]"),
+    Column("created_at", Float, nullable=False),
+    Column("valid_from", Float, nullable=False),
+    Column("valid_to", Float, nullable=True),
+    Column("superseded_by", Integer, nullable=True),
+    Column("salience", Float, nullable=False, default=0.5),
+    Column("times_seen", Integer, nullable=False, default=1),
+    Column("embedding", LargeBinary, nullable=True),
+    Column("embedding_model", String(128), nullable=True),
+    Column("embed_attempts", Integer, nullable=False, default=0),
+    Index("ix_memori_memories_scope", "entity_id", "process_id", "valid_to"),
+    Index("ix_memori_memories_dedupe", "entity_id", "process_id", "text_hash"),
+    Index("ix_memori_memories_pending", "embedding_model", "embed_attempts"),
+)
+
+FTS_TABLE = "memori_memories_fts"
+
+
+def _initial(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[sessions, messages, memories])
+
+
+def _lexical_index(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        # External-content FTS5 index (no second copy of the text) kept in step by triggers,
+        # so every writer, in any process, keeps it consistent with the memories table.
+        conn.exec_driver_sql(
+            f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5("
+            "text, entity_key, content='memori_memories', content_rowid='id', "
+            "tokenize='porter unicode61 remove_diacritics 2')"
+        )
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER memori_memories_ai AFTER INSERT ON memori_memories BEGIN "
+            f"INSERT INTO {FTS_TABLE}(rowid, text, entity_key) "
+            "VALUES (new.id, new.text, new.entity_key); END"
+        )
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER memori_memories_ad AFTER DELETE ON memori_memories BEGIN "
+            f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, text, entity_key) "
+            "VALUES ('delete', old.id, old.text, old.entity_key); END"
+        )
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "ALTER TABLE memori_memories ADD COLUMN text_tsv tsvector "
+            "GENERATED ALWAYS AS (to_tsvector('english', text)) STORED"
+        )
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_memori_memories_tsv ON memori_memories USING GIN (text_tsv)"
+        )
+    else:
+        raise MigrationError(f"no lexical index for dialect {conn.dialect.name!r}")
+
+
+Migration = tuple[str, Callable[[Connection], None]]
+
+MIGRATIONS: tuple[Migration, ...] = (
+    ("0001_initial", _initial),
+    ("0002_lexical_index", _lexical_index),
+)
+
+
+def migrate(conn: Connection) -> list[str]:
+    """Apply pending migrations inside the caller's write transaction; return their names."""
+    metadata.create_all(conn, tables=[migrations])
+    done = set(conn.execute(select(migrations.c.name)).scalars())
+    applied: list[str] = []
+    for name, step in MIGRATIONS:
+        if name in done:
+            continue
+        try:
+            step(conn)
+        except Exception as e:
+            raise MigrationError(f"migration {name} failed: {e}") from e
+        conn.execute(migrations.insert().values(name=name, applied_at=time.time()))
+        applied.append(name)
+    return applied

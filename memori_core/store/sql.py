@@ -1,0 +1,647 @@
+"""The store: sessions, the append-only transcript and memories, on SQLite or PostgreSQL.
+
+Every read takes a `Scope` and filters on its columns; ids are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from memori_core.errors import InvalidVectorError, ScopeError, StorageError
+from memori_core.scope import Scope
+from memori_core.store import schema
+from memori_core.store.schema import FTS_TABLE, memories, messages, sessions
+from memori_core.types import ForgetReport, Message, SessionInfo, StoredMessage
+
+__all__ = ["MemoryDraft", "MemoryRow", "SQLStore", "entity_key", "message_hash"]
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def entity_key(entity_id: str) -> str:
+    """A hash of the entity id, indexed beside memory text so lexical search narrows to it."""
+    return "e" + hashlib.blake2b(entity_id.encode(), digest_size=10).hexdigest()
+
+
+def message_hash(message: Message) -> str:
+    """Identity of a message for detecting history an app resends."""
+    body = json.dumps(
+        [message.role, message.content, message.name, message.tool_calls, message.tool_call_id],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def text_hash(text_value: str) -> str:
+    normalised = " ".join(_TOKEN.findall(text_value.lower()))
+    return hashlib.sha256(normalised.encode()).hexdigest()
+
+
+def _ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, tz=UTC)
+
+
+def _eq(column: Any, value: str | None) -> ColumnElement[bool]:
+    """`column = value`, where None is its own value (IS NULL), never a wildcard."""
+    return column.is_(None) if value is None else column == value  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryDraft:
+    """A memory to store; `fact_key` lets a newer fact supersede an older one."""
+
+    kind: str
+    text: str
+    salience: float
+    source_seq: tuple[int, ...] = ()
+    fact_key: str | None = None
+    entity_wide: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRow:
+    id: int
+    entity_id: str
+    process_id: str | None
+    session_id: str | None
+    kind: str
+    text: str
+    created_at: float
+    salience: float
+    times_seen: int
+    source_message_ids: tuple[int, ...]
+
+
+class SQLStore:
+    """Durable storage shared by every `Memori` on the same database URL in this process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._migrated = False
+        self._migrate_lock = threading.Lock()
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except SQLAlchemyError as e:
+            raise StorageError(f"database read failed: {e}") from e
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(memori_begin="IMMEDIATE")
+                with conn.begin():
+                    yield conn
+        except IntegrityError as e:
+            raise StorageError(f"database write conflicted: {e.orig}") from e
+        except SQLAlchemyError as e:
+            raise StorageError(f"database write failed: {e}") from e
+
+    def migrate(self) -> list[str]:
+        """Bring the schema up to date (idempotent, safe with several processes)."""
+        with self._migrate_lock:
+            if self._migrated:
+                return []
+            if self.dialect == "postgresql":
+                with self._write() as conn:
+                    # Serialise concurrent migrators across processes.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(727374)"))
+                    applied = schema.migrate(conn)
+            else:
+                with self._write() as conn:
+                    applied = schema.migrate(conn)
+            self._migrated = True
+            return applied
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def session_owner(self, session_id: str) -> tuple[str, str | None] | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(sessions.c.entity_id, sessions.c.process_id).where(
+                    sessions.c.id == session_id
+                )
+            ).first()
+        return None if row is None else (row.entity_id, row.process_id)
+
+    def _ensure_session(self, conn: Connection, scope: Scope, now: float) -> None:
+        assert scope.session_id is not None
+        row = conn.execute(
+            select(sessions.c.entity_id, sessions.c.process_id).where(
+                sessions.c.id == scope.session_id
+            )
+        ).first()
+        if row is None:
+            conn.execute(
+                sessions.insert().values(
+                    id=scope.session_id,
+                    entity_id=scope.entity_id,
+                    process_id=scope.process_id,
+                    created_at=now,
+                    last_active_at=now,
+                )
+            )
+            return
+        if (row.entity_id, row.process_id) != (scope.entity_id, scope.process_id):
+            raise ScopeError(f"session {scope.session_id} belongs to another entity or process")
+        conn.execute(
+            update(sessions).where(sessions.c.id == scope.session_id).values(last_active_at=now)
+        )
+
+    def list_sessions(self, scope: Scope) -> list[SessionInfo]:
+        count = select(func.count()).where(messages.c.session_id == sessions.c.id).scalar_subquery()
+        query = (
+            select(sessions, count.label("n"))
+            .where(
+                sessions.c.entity_id == scope.entity_id,
+                _eq(sessions.c.process_id, scope.process_id),
+            )
+            .order_by(sessions.c.last_active_at.desc(), sessions.c.id)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            SessionInfo(
+                id=r.id,
+                entity_id=r.entity_id,
+                process_id=r.process_id,
+                created_at=_ts(r.created_at),
+                last_active_at=_ts(r.last_active_at),
+                message_count=r.n,
+            )
+            for r in rows
+        ]
+
+    # -- transcript ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _scope_filter_messages(scope: Scope) -> ColumnElement[bool]:
+        return and_(
+            messages.c.session_id == scope.session_id,
+            messages.c.entity_id == scope.entity_id,
+            _eq(messages.c.process_id, scope.process_id),
+        )
+
+    def get_messages(self, scope: Scope, limit: int | None = None) -> list[StoredMessage]:
+        query = select(messages).where(self._scope_filter_messages(scope))
+        if limit is not None:
+            query = query.order_by(messages.c.seq.desc()).limit(limit)
+        else:
+            query = query.order_by(messages.c.seq)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        if limit is not None:
+            rows.reverse()
+        return [self._stored(r) for r in rows]
+
+    @staticmethod
+    def _stored(r: Any) -> StoredMessage:
+        return StoredMessage(
+            id=r.id,
+            session_id=r.session_id,
+            entity_id=r.entity_id,
+            process_id=r.process_id,
+            seq=r.seq,
+            message=Message(
+                role=r.role,
+                content=r.content,
+                name=r.name,
+                tool_calls=json.loads(r.tool_calls) if r.tool_calls else None,
+                tool_call_id=r.tool_call_id,
+                payload=json.loads(r.payload) if r.payload is not None else None,
+            ),
+            created_at=_ts(r.created_at),
+        )
+
+    def write_turn(
+        self,
+        scope: Scope,
+        new_messages: Sequence[Message],
+        *,
+        dedupe_prefix: bool,
+        at: float | None,
+        drafts_for: Any,
+    ) -> list[StoredMessage]:
+        """Append messages to the session (skipping an already-stored prefix if asked) and the
+        memories `drafts_for(stored_messages)` derives from them, in one write transaction."""
+        now = time.time()
+        created = at if at is not None else now
+        hashes = [message_hash(m) for m in new_messages]
+        with self._write() as conn:
+            self._ensure_session(conn, scope, now)
+            tail = conn.execute(
+                select(messages.c.seq, messages.c.content_hash)
+                .where(self._scope_filter_messages(scope))
+                .order_by(messages.c.seq.desc())
+                .limit(max(len(new_messages), 1))
+            ).all()
+            last_seq = tail[0].seq if tail else 0
+            skip = 0
+            if dedupe_prefix and tail:
+                stored_tail = [r.content_hash for r in reversed(tail)]
+                skip = _overlap(stored_tail, hashes)
+            rows = []
+            for offset, (message, digest) in enumerate(
+                zip(new_messages[skip:], hashes[skip:], strict=True), start=1
+            ):
+                rows.append(
+                    {
+                        "session_id": scope.session_id,
+                        "entity_id": scope.entity_id,
+                        "process_id": scope.process_id,
+                        "seq": last_seq + offset,
+                        "role": message.role,
+                        "content": message.content,
+                        "name": message.name,
+                        "tool_calls": json.dumps(message.tool_calls)
+                        if message.tool_calls
+                        else None,
+                        "tool_call_id": message.tool_call_id,
+                        "payload": None
+                        if message.payload is None
+                        else json.dumps(message.payload, allow_nan=False),
+                        "content_hash": digest,
+                        "created_at": created,
+                    }
+                )
+            if not rows:
+                return []
+            inserted = conn.execute(messages.insert().returning(messages), rows).all()
+            stored = sorted((self._stored(r) for r in inserted), key=lambda m: m.seq)
+            drafts: Sequence[MemoryDraft] = drafts_for(stored)
+            if drafts:
+                by_seq = {m.seq: m.id for m in stored}
+                self._add_memories(conn, scope, drafts, by_seq, created)
+        return stored
+
+    def clear_session(self, scope: Scope) -> int:
+        with self._write() as conn:
+            conn.execute(
+                delete(memories).where(
+                    memories.c.session_id == scope.session_id,
+                    memories.c.entity_id == scope.entity_id,
+                    _eq(memories.c.process_id, scope.process_id),
+                )
+            )
+            result = conn.execute(delete(messages).where(self._scope_filter_messages(scope)))
+        return result.rowcount or 0
+
+    # -- memories -----------------------------------------------------------------------------
+
+    def _add_memories(
+        self,
+        conn: Connection,
+        scope: Scope,
+        drafts: Sequence[MemoryDraft],
+        by_seq: dict[int, int],
+        created: float,
+    ) -> None:
+        ekey = entity_key(scope.entity_id)
+        for draft in drafts:
+            process_id = None if draft.entity_wide else scope.process_id
+            digest = text_hash(draft.text)
+            source_ids = [by_seq[s] for s in draft.source_seq if s in by_seq]
+            if draft.kind != "event":
+                existing = conn.execute(
+                    select(memories.c.id, memories.c.source_message_ids).where(
+                        memories.c.entity_id == scope.entity_id,
+                        _eq(memories.c.process_id, process_id),
+                        memories.c.text_hash == digest,
+                        memories.c.valid_to.is_(None),
+                    )
+                ).first()
+                if existing is not None:
+                    merged = json.loads(existing.source_message_ids) + source_ids
+                    conn.execute(
+                        update(memories)
+                        .where(memories.c.id == existing.id)
+                        .values(
+                            times_seen=memories.c.times_seen + 1,
+                            source_message_ids=json.dumps(merged[-50:]),
+                            valid_from=created,
+                        )
+                    )
+                    continue
+            new_id = conn.execute(
+                memories.insert()
+                .values(
+                    entity_id=scope.entity_id,
+                    process_id=process_id,
+                    session_id=scope.session_id,
+                    kind=draft.kind,
+                    text=draft.text,
+                    text_hash=digest,
+                    entity_key=ekey,
+                    fact_key=draft.fact_key,
+                    source_message_ids=json.dumps(source_ids),
+                    created_at=created,
+                    valid_from=created,
+                    salience=draft.salience,
+                    times_seen=1,
+                    embed_attempts=0,
+                )
+                .returning(memories.c.id)
+            ).scalar_one()
+            if draft.fact_key is not None:
+                conn.execute(
+                    update(memories)
+                    .where(
+                        memories.c.entity_id == scope.entity_id,
+                        _eq(memories.c.process_id, process_id),
+                        memories.c.fact_key == draft.fact_key,
+                        memories.c.valid_to.is_(None),
+                        memories.c.id != new_id,
+                    )
+                    .values(valid_to=created, superseded_by=new_id)
+                )
+
+    @staticmethod
+    def _visible(scope: Scope, share_across_processes: bool) -> ColumnElement[bool]:
+        process = _eq(memories.c.process_id, scope.process_id)
+        if share_across_processes and scope.process_id is not None:
+            process = or_(process, memories.c.process_id.is_(None))
+        return and_(memories.c.entity_id == scope.entity_id, process, memories.c.valid_to.is_(None))
+
+    def lexical_search(
+        self, scope: Scope, query: str, limit: int, share_across_processes: bool
+    ) -> list[tuple[int, float]]:
+        """Memory ids with a lexical relevance score (higher is better), best first."""
+        terms = list(dict.fromkeys(t.lower() for t in _TOKEN.findall(query)))[:32]
+        if not terms:
+            return []
+        visible = self._visible(scope, share_across_processes)
+        if self.dialect == "sqlite":
+            quoted = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+            match = f'entity_key : "{entity_key(scope.entity_id)}" AND text : ({quoted})'
+            fts = (
+                text(
+                    f"SELECT rowid AS id, bm25({FTS_TABLE}, 1.0, 0.0) AS rank FROM {FTS_TABLE} "
+                    f"WHERE {FTS_TABLE} MATCH :match"
+                )
+                .columns(id=Integer, rank=Float)
+                .subquery("fts")
+            )
+            query = (
+                select(fts.c.id, fts.c.rank)
+                .join(memories, memories.c.id == fts.c.id)
+                .where(visible)
+                .order_by(fts.c.rank)
+                .limit(limit)
+            )
+            with self._read() as conn:
+                rows = conn.execute(query, {"match": match}).all()
+            return [(int(r.id), -float(r.rank)) for r in rows]
+        tsquery = func.to_tsquery("english", " | ".join(_pg_lexeme(t) for t in terms))
+        rank = func.ts_rank_cd(text("memori_memories.text_tsv"), tsquery)
+        query = (
+            select(memories.c.id, rank.label("rank"))
+            .where(visible, text("memori_memories.text_tsv @@ to_tsquery('english', :q)"))
+            .order_by(rank.desc())
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query, {"q": " | ".join(_pg_lexeme(t) for t in terms)}).all()
+        return [(int(r.id), float(r.rank)) for r in rows]
+
+    def scope_vectors(
+        self, scope: Scope, model_id: str, share_across_processes: bool
+    ) -> tuple[list[int], np.ndarray | None]:
+        query = select(memories.c.id, memories.c.embedding).where(
+            self._visible(scope, share_across_processes),
+            memories.c.embedding_model == model_id,
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return [], None
+        matrix = np.vstack([np.frombuffer(r.embedding, dtype=np.float32) for r in rows])
+        return [int(r.id) for r in rows], matrix
+
+    def get_memories(self, ids: Sequence[int]) -> dict[int, MemoryRow]:
+        if not ids:
+            return {}
+        query = select(
+            memories.c.id,
+            memories.c.entity_id,
+            memories.c.process_id,
+            memories.c.session_id,
+            memories.c.kind,
+            memories.c.text,
+            memories.c.created_at,
+            memories.c.salience,
+            memories.c.times_seen,
+            memories.c.source_message_ids,
+        ).where(memories.c.id.in_(list(ids)))
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return {
+            r.id: MemoryRow(
+                id=r.id,
+                entity_id=r.entity_id,
+                process_id=r.process_id,
+                session_id=r.session_id,
+                kind=r.kind,
+                text=r.text,
+                created_at=r.created_at,
+                salience=r.salience,
+                times_seen=r.times_seen,
+                source_message_ids=tuple(json.loads(r.source_message_ids)),
+            )
+            for r in rows
+        }
+
+    def list_memories(
+        self, scope: Scope, share_across_processes: bool, include_superseded: bool = False
+    ) -> list[MemoryRow]:
+        condition = self._visible(scope, share_across_processes)
+        if include_superseded:
+            condition = and_(
+                memories.c.entity_id == scope.entity_id,
+                _eq(memories.c.process_id, scope.process_id),
+            )
+        with self._read() as conn:
+            ids = list(conn.execute(select(memories.c.id).where(condition)).scalars())
+        rows = self.get_memories(ids)
+        return [rows[i] for i in sorted(rows)]
+
+    # -- embeddings ---------------------------------------------------------------------------
+
+    def pending_embeddings(
+        self, model_id: str, limit: int, max_attempts: int
+    ) -> list[tuple[int, str]]:
+        query = (
+            select(memories.c.id, memories.c.text)
+            .where(
+                or_(memories.c.embedding_model.is_(None), memories.c.embedding_model != model_id),
+                memories.c.embed_attempts < max_attempts,
+                memories.c.valid_to.is_(None),
+            )
+            .order_by(memories.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [(int(r.id), r.text) for r in conn.execute(query).all()]
+
+    def set_embeddings(
+        self, model_id: str, dimension: int, items: Sequence[tuple[int, np.ndarray]]
+    ) -> None:
+        payload = []
+        for memory_id, vector in items:
+            array = np.asarray(vector, dtype=np.float32)
+            if array.shape != (dimension,):
+                raise InvalidVectorError(
+                    f"embedding for memory {memory_id} has shape {array.shape}, expected ({dimension},)"
+                )
+            if not np.all(np.isfinite(array)):
+                raise InvalidVectorError(f"embedding for memory {memory_id} has NaN or inf values")
+            payload.append({"mid": memory_id, "emb": array.tobytes(), "model": model_id})
+        if not payload:
+            return
+        stmt = (
+            update(memories)
+            .where(memories.c.id == _bind("mid"))
+            .values(embedding=_bind("emb"), embedding_model=_bind("model"))
+        )
+        with self._write() as conn:
+            conn.execute(stmt, payload)
+
+    def mark_embedding_failed(self, ids: Sequence[int]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(memories)
+                .where(memories.c.id.in_(list(ids)))
+                .values(embed_attempts=memories.c.embed_attempts + 1)
+            )
+
+    def reset_embeddings(self) -> int:
+        with self._write() as conn:
+            result = conn.execute(
+                update(memories).values(embedding=None, embedding_model=None, embed_attempts=0)
+            )
+        return result.rowcount or 0
+
+    # -- whole-entity operations ----------------------------------------------------------------
+
+    def forget(self, entity_id: str) -> ForgetReport:
+        with self._write() as conn:
+            vectors = conn.execute(
+                select(func.count()).where(
+                    memories.c.entity_id == entity_id, memories.c.embedding.is_not(None)
+                )
+            ).scalar_one()
+            n_memories = conn.execute(delete(memories).where(memories.c.entity_id == entity_id))
+            n_messages = conn.execute(delete(messages).where(messages.c.entity_id == entity_id))
+            n_sessions = conn.execute(delete(sessions).where(sessions.c.entity_id == entity_id))
+        return ForgetReport(
+            entity_id=entity_id,
+            sessions=n_sessions.rowcount or 0,
+            messages=n_messages.rowcount or 0,
+            memories=n_memories.rowcount or 0,
+            vectors=int(vectors),
+        )
+
+    def export_entity(self, entity_id: str) -> Iterator[dict[str, Any]]:
+        """Every session, message and memory of an entity as JSON-ready dicts."""
+        with self._read() as conn:
+            for r in conn.execute(
+                select(sessions)
+                .where(sessions.c.entity_id == entity_id)
+                .order_by(sessions.c.created_at)
+            ).mappings():
+                yield {"type": "session", **dict(r)}
+            for r in conn.execute(
+                select(messages)
+                .where(messages.c.entity_id == entity_id)
+                .order_by(messages.c.session_id, messages.c.seq)
+            ).mappings():
+                row = dict(r)
+                row["tool_calls"] = json.loads(row["tool_calls"]) if row["tool_calls"] else None
+                row["payload"] = json.loads(row["payload"]) if row["payload"] else None
+                yield {"type": "message", **row}
+            columns = [c for c in memories.c if c.name not in {"embedding"}]
+            for r in conn.execute(
+                select(*columns).where(memories.c.entity_id == entity_id).order_by(memories.c.id)
+            ).mappings():
+                row = dict(r)
+                row["source_message_ids"] = json.loads(row["source_message_ids"])
+                yield {"type": "memory", **row}
+
+    def entities(self) -> list[str]:
+        with self._read() as conn:
+            return list(
+                conn.execute(
+                    select(sessions.c.entity_id).distinct().order_by(sessions.c.entity_id)
+                ).scalars()
+            )
+
+    def counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {
+                "entities": conn.execute(
+                    select(func.count(func.distinct(sessions.c.entity_id)))
+                ).scalar_one(),
+                "sessions": conn.execute(select(func.count()).select_from(sessions)).scalar_one(),
+                "messages": conn.execute(select(func.count()).select_from(messages)).scalar_one(),
+                "memories": conn.execute(select(func.count()).select_from(memories)).scalar_one(),
+                "vectors": conn.execute(
+                    select(func.count()).where(memories.c.embedding.is_not(None))
+                ).scalar_one(),
+            }
+
+
+def _overlap(stored_tail: Sequence[str], incoming: Sequence[str]) -> int:
+    """How many leading `incoming` messages repeat the end of the stored transcript.
+
+    Apps resend their history (all of it, or a window of its last turns); those messages are
+    already stored. A lone message is always new: sending "yes" twice is two turns.
+    """
+    longest = min(len(stored_tail), len(incoming))
+    for k in range(longest, 0, -1):
+        if k == 1 and len(incoming) == 1:
+            return 0
+        if list(stored_tail[len(stored_tail) - k :]) == list(incoming[:k]):
+            return k
+    return 0
+
+
+def _pg_lexeme(term: str) -> str:
+    # to_tsquery syntax from a \w+ token: quote it as a literal so no operator can be injected.
+    return "'" + term.replace("'", "''").replace("\\", "") + "'"
+
+
+def _bind(name: str) -> Any:
+    return bindparam(name)
