@@ -1,4 +1,4 @@
-"""The facade: `Memori` holds one caller's attribution and session, and talks to the shared store."""
+"""The facade: `Memori` holds one caller's attribution and session over the shared store."""
 
 from __future__ import annotations
 
@@ -165,6 +165,29 @@ class Memori:
             )
         self.config._session_id = uuid.UUID(scope.session_id)
 
+    def scoped(self, entity_id: str, process_id: str | None = None) -> Memori:
+        """A new `Memori` with the same database, embedder and settings, attributed to
+        `entity_id`/`process_id`; this instance is left as it is."""
+        clone = Memori.__new__(Memori)
+        clone.database_url = self.database_url
+        clone._store = self._store
+        clone._embedder = self._embedder
+        clone._extractor = self._extractor
+        clone.recall_limit = self.recall_limit
+        clone.share_across_processes = self.share_across_processes
+        clone.context_token_budget = self.context_token_budget
+        clone.ranking = self.ranking
+        clone.config = MemoriConfig()
+        clone._counters = Counter()
+        clone._counters_lock = threading.Lock()
+        clone._llm = None
+        return clone.attribution(entity_id, process_id)
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The embedder in use (None: lexical recall only)."""
+        return self._embedder
+
     @property
     def scope(self) -> Scope:
         """The current attribution and session as a frozen `Scope`."""
@@ -198,7 +221,7 @@ class Memori:
         return self._write(messages, session_id, at, dedupe_prefix=False)
 
     def clear_session(self, session_id: uuid.UUID | str | None = None) -> int:
-        """Delete a session's transcript and the memories derived from it; return messages deleted."""
+        """Delete a session's transcript and the memories made from it; return the count."""
         return self._ready().clear_session(self._session_scope(session_id))
 
     def forget(self, entity_id: str) -> ForgetReport:

@@ -1,4 +1,4 @@
-"""The attribution scope: who said it (entity), to which agent (process), in which thread (session)."""
+"""The attribution scope: who said it (entity), to which agent (process), in which session."""
 
 from __future__ import annotations
 

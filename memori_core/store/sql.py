@@ -524,7 +524,8 @@ class SQLStore:
             array = np.asarray(vector, dtype=np.float32)
             if array.shape != (dimension,):
                 raise InvalidVectorError(
-                    f"embedding for memory {memory_id} has shape {array.shape}, expected ({dimension},)"
+                    f"embedding for memory {memory_id} has shape {array.shape}, "
+                    f"expected ({dimension},)"
                 )
             if not np.all(np.isfinite(array)):
                 raise InvalidVectorError(f"embedding for memory {memory_id} has NaN or inf values")
