@@ -25,7 +25,7 @@ from memori_core.indexer import indexer_for
 from memori_core.recall import RankingConfig, rank
 from memori_core.scope import Scope, validate_id, validate_session_id
 from memori_core.store.engine import create_store_engine, resolve_database_url
-from memori_core.store.sql import MemoryDraft, SQLStore
+from memori_core.store.sql import MemoryDraft, SQLStore, text_hash
 from memori_core.types import ForgetReport, Message, Recalled, SessionInfo, StoredMessage
 
 if TYPE_CHECKING:
@@ -411,11 +411,16 @@ class Memori:
         drafts = episodic_drafts(stored)
         if self._extractor is not None:
             try:
-                drafts.extend(self._extractor.extract(stored))
+                extracted = self._extractor.extract(stored)
             except Exception:
                 # The turn is stored regardless; extraction is an enrichment.
                 self._count("extraction_failures")
                 log.warning("memory extraction failed; the turn is stored", exc_info=True)
+            else:
+                # A turn that is a single durable statement is kept once, as the fact.
+                facts = {text_hash(d.text) for d in extracted}
+                drafts = [d for d in drafts if text_hash(d.text) not in facts]
+                drafts.extend(extracted)
         return drafts
 
 
