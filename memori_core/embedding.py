@@ -51,7 +51,8 @@ def check_vectors(vectors: Any, count: int, dimension: int) -> np.ndarray:
         raise InvalidVectorError("embedder returned NaN or inf values")
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    return array / norms
+    normalised: np.ndarray = array / norms
+    return normalised
 
 
 class MiniLMEmbedder:
@@ -65,7 +66,7 @@ class MiniLMEmbedder:
     def __init__(self, model_path: str | Path | None = None, *, threads: int = 1) -> None:
         try:
             import onnxruntime as ort
-            from tokenizers.implementations import BertWordPieceTokenizer
+            from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
         except ImportError as e:  # pragma: no cover - both are core dependencies
             raise ConfigurationError(
                 "the default embedder needs onnxruntime and tokenizers: pip install memori-core"
@@ -118,7 +119,8 @@ class MiniLMEmbedder:
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        result: np.ndarray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return result
 
 
 _shared: dict[str, Embedder] = {}

@@ -59,7 +59,11 @@ class StoreContract:
     def test_resent_history_is_stored_once(self, new: MemoriFactory, user: str) -> None:
         mem = new().attribution(user)
         turn1 = [{"role": "user", "content": "I like tea"}, {"role": "assistant", "content": "ok"}]
-        turn2 = [*turn1, {"role": "user", "content": "and cake"}, {"role": "assistant", "content": "!"}]
+        turn2 = [
+            *turn1,
+            {"role": "user", "content": "and cake"},
+            {"role": "assistant", "content": "!"},
+        ]
         assert len(mem.record(turn1)) == 2
         stored = mem.record(turn2)
         assert [m.content for m in stored] == ["and cake", "!"]
@@ -228,7 +232,9 @@ class StoreContract:
 
     def test_context_block_respects_the_token_budget(self, new: MemoriFactory, user: str) -> None:
         mem = new(embedder=None).attribution(user)
-        mem.record([{"role": "user", "content": f"fact number {i} about bananas"} for i in range(30)])
+        mem.record(
+            [{"role": "user", "content": f"fact number {i} about bananas"} for i in range(30)]
+        )
         block = mem.context("bananas", limit=30, token_budget=60)
         assert block.startswith("<memori-memory>") and block.endswith("</memori-memory>")
         assert len(block) / 4 <= 60
@@ -312,7 +318,9 @@ class StoreContract:
         strip = lambda ms: [(m.role, m.content, m.seq) for m in ms]  # noqa: E731
         assert strip(sync_mem.messages()) == strip(await async_mem.amessages())
         s = [(r.text, r.kind, round(r.score, 6)) for r in sync_mem.recall("peanuts allergy")]
-        a = [(r.text, r.kind, round(r.score, 6)) for r in await async_mem.arecall("peanuts allergy")]
+        a = [
+            (r.text, r.kind, round(r.score, 6)) for r in await async_mem.arecall("peanuts allergy")
+        ]
         assert s == a and s
         assert sync_mem.context("peanuts") == await async_mem.acontext("peanuts")
         assert [x.message_count for x in sync_mem.sessions()] == [

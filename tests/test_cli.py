@@ -13,7 +13,9 @@ import pytest
 from memori_core import Memori
 
 # The console script installed beside this interpreter (a venv need not be on PATH).
-EXE = shutil.which("memori-core", path=str(Path(sys.executable).parent)) or shutil.which("memori-core")
+EXE = shutil.which("memori-core", path=str(Path(sys.executable).parent)) or shutil.which(
+    "memori-core"
+)
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -40,11 +42,21 @@ def test_demo_runs_offline_and_shows_why(tmp_path: Path) -> None:
 
 
 def test_sessions_recall_stats(filled: str) -> None:
-    sessions = run("--database-url", filled, "sessions", "--entity", "alice", "--process", "support")
+    sessions = run(
+        "--database-url", filled, "sessions", "--entity", "alice", "--process", "support"
+    )
     assert sessions.returncode == 0 and "messages=1" in sessions.stdout
     recall = run(
-        "--database-url", filled, "--lexical", "recall", "--entity", "alice",
-        "--process", "support", "--json", "email",
+        "--database-url",
+        filled,
+        "--lexical",
+        "recall",
+        "--entity",
+        "alice",
+        "--process",
+        "support",
+        "--json",
+        "email",
     )
     rows = [json.loads(line) for line in recall.stdout.splitlines()]
     assert rows and all("email" in r["text"] for r in rows)
@@ -55,7 +67,10 @@ def test_sessions_recall_stats(filled: str) -> None:
 
 def test_export_and_forget(filled: str, tmp_path: Path) -> None:
     target = tmp_path / "alice.jsonl"
-    assert run("--database-url", filled, "export", "--entity", "alice", "-o", str(target)).returncode == 0
+    assert (
+        run("--database-url", filled, "export", "--entity", "alice", "-o", str(target)).returncode
+        == 0
+    )
     rows = [json.loads(line) for line in target.read_text().splitlines()]
     assert {r["type"] for r in rows} == {"session", "message", "memory"}
     assert all(r["entity_id"] == "alice" for r in rows)

@@ -9,9 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from store_contract import StoreContract
 
 from memori_core import Memori
-from store_contract import StoreContract
 
 
 class TestSQLiteStore(StoreContract):

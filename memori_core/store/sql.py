@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -223,7 +224,7 @@ class SQLStore:
         else:
             query = query.order_by(messages.c.seq)
         with self._read() as conn:
-            rows = conn.execute(query).all()
+            rows = list(conn.execute(query).all())
         if limit is not None:
             rows.reverse()
         return [self._stored(r) for r in rows]
@@ -415,7 +416,7 @@ class SQLStore:
                 .columns(id=Integer, rank=Float)
                 .subquery("fts")
             )
-            query = (
+            statement = (
                 select(fts.c.id, fts.c.rank)
                 .join(memories, memories.c.id == fts.c.id)
                 .where(visible)
@@ -423,18 +424,19 @@ class SQLStore:
                 .limit(limit)
             )
             with self._read() as conn:
-                rows = conn.execute(query, {"match": match}).all()
+                rows = conn.execute(statement, {"match": match}).all()
             return [(int(r.id), -float(r.rank)) for r in rows]
-        tsquery = func.to_tsquery("english", " | ".join(_pg_lexeme(t) for t in terms))
-        rank = func.ts_rank_cd(text("memori_memories.text_tsv"), tsquery)
-        query = (
+        tsvector: ColumnElement[Any] = literal_column("memori_memories.text_tsv")
+        tsquery = func.to_tsquery("english", bindparam("q"))
+        rank = func.ts_rank_cd(tsvector, tsquery)
+        statement = (
             select(memories.c.id, rank.label("rank"))
-            .where(visible, text("memori_memories.text_tsv @@ to_tsquery('english', :q)"))
+            .where(visible, tsvector.op("@@")(tsquery))
             .order_by(rank.desc())
             .limit(limit)
         )
         with self._read() as conn:
-            rows = conn.execute(query, {"q": " | ".join(_pg_lexeme(t) for t in terms)}).all()
+            rows = conn.execute(statement, {"q": " | ".join(_pg_lexeme(t) for t in terms)}).all()
         return [(int(r.id), float(r.rank)) for r in rows]
 
     def scope_vectors(
