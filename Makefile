@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 	$(BIN)/memori-core demo
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	scripts/with-postgres $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -74,6 +75,23 @@ class StoreContract:
         mem.record([{"role": "user", "content": "yes"}])
         mem.record([{"role": "user", "content": "yes"}])
         assert [m.content for m in mem.messages()] == ["yes", "yes"]
+
+    def test_concurrent_writers_of_one_session_lose_nothing(
+        self, new: MemoriFactory, user: str
+    ) -> None:
+        session = new().attribution(user, "p").new_session()
+
+        def write(worker: int) -> None:
+            mem = new().attribution(user, "p")
+            mem.set_session(session)
+            for i in range(8):
+                mem.append([{"role": "user", "content": f"w{worker} m{i}"}])
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(write, range(4)))
+        stored = new().attribution(user, "p").messages(session)
+        assert sorted(m.seq for m in stored) == list(range(1, 33))
+        assert len({m.content for m in stored}) == 32
 
     def test_append_never_skips(self, new: MemoriFactory, user: str) -> None:
         mem = new().attribution(user)

@@ -33,6 +33,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from memori_core.errors import InvalidVectorError, ScopeError, StorageError
@@ -161,22 +163,25 @@ class SQLStore:
 
     def _ensure_session(self, conn: Connection, scope: Scope, now: float) -> None:
         assert scope.session_id is not None
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        conn.execute(
+            insert(sessions)
+            .values(
+                id=scope.session_id,
+                entity_id=scope.entity_id,
+                process_id=scope.process_id,
+                created_at=now,
+                last_active_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        # The row lock serialises writers of one session on PostgreSQL (SQLite's
+        # BEGIN IMMEDIATE already does), so sequence numbers never collide.
         row = conn.execute(
-            select(sessions.c.entity_id, sessions.c.process_id).where(
-                sessions.c.id == scope.session_id
-            )
-        ).first()
-        if row is None:
-            conn.execute(
-                sessions.insert().values(
-                    id=scope.session_id,
-                    entity_id=scope.entity_id,
-                    process_id=scope.process_id,
-                    created_at=now,
-                    last_active_at=now,
-                )
-            )
-            return
+            select(sessions.c.entity_id, sessions.c.process_id)
+            .where(sessions.c.id == scope.session_id)
+            .with_for_update()
+        ).one()
         if (row.entity_id, row.process_id) != (scope.entity_id, scope.process_id):
             raise ScopeError(f"session {scope.session_id} belongs to another entity or process")
         conn.execute(
