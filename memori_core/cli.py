@@ -112,10 +112,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_reindex(args: argparse.Namespace) -> int:
-    mem = _memori(args)
-    reset = mem._ready().reset_embeddings()
-    mem.flush()
-    print(f"re-embedded {reset} memories")
+    count = _memori(args).reindex()
+    print(f"re-embedded {count} memories")
     return 0
 
 

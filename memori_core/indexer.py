@@ -9,6 +9,7 @@ import time
 from memori_core.embedding import Embedder, check_vectors
 from memori_core.errors import StorageError
 from memori_core.store.sql import SQLStore
+from memori_core.vector import IndexedVector, VectorIndex
 
 __all__ = ["EmbeddingIndexer", "indexer_for"]
 
@@ -21,9 +22,12 @@ BATCH = 64
 class EmbeddingIndexer:
     """One daemon thread per (database, embedder) pair, woken when memories are written."""
 
-    def __init__(self, store: SQLStore, embedder: Embedder) -> None:
+    def __init__(
+        self, store: SQLStore, embedder: Embedder, index: VectorIndex | None = None
+    ) -> None:
         self.store = store
         self.embedder = embedder
+        self.index = index
         self.failures = 0
         self.embedded = 0
         self._wake = threading.Event()
@@ -51,10 +55,10 @@ class EmbeddingIndexer:
             pending = self.store.pending_embeddings(self.embedder.model_id, BATCH, MAX_ATTEMPTS)
             if not pending:
                 return 0
-            ids = [memory_id for memory_id, _ in pending]
+            ids = [row[0] for row in pending]
             try:
                 vectors = check_vectors(
-                    self.embedder.embed([t for _, t in pending]),
+                    self.embedder.embed([row[1] for row in pending]),
                     len(pending),
                     self.embedder.dimension,
                 )
@@ -63,6 +67,16 @@ class EmbeddingIndexer:
                 log.warning("embedding %d memories failed; will retry", len(ids), exc_info=True)
                 self.store.mark_embedding_failed(ids)
                 raise
+            if self.index is not None:
+                # The index first: if the store write then fails, the memories stay pending
+                # and are upserted again (idempotent), so the two never disagree for long.
+                self.index.upsert(
+                    self.embedder.model_id,
+                    [
+                        IndexedVector(row[0], row[2], row[3], vector)
+                        for row, vector in zip(pending, vectors, strict=True)
+                    ],
+                )
             self.store.set_embeddings(
                 self.embedder.model_id,
                 self.embedder.dimension,
@@ -111,14 +125,17 @@ class EmbeddingIndexer:
             self._idle.set()
 
 
-_indexers: dict[tuple[int, str], EmbeddingIndexer] = {}
+_indexers: dict[tuple[int, int, int], EmbeddingIndexer] = {}
 _indexers_lock = threading.Lock()
 
 
-def indexer_for(store: SQLStore, embedder: Embedder) -> EmbeddingIndexer:
-    key = (id(store), f"{embedder.model_id}:{id(embedder)}")
+def indexer_for(
+    store: SQLStore, embedder: Embedder, index: VectorIndex | None = None
+) -> EmbeddingIndexer:
+    """The process-wide indexer of this store, embedder and vector index."""
+    key = (id(store), id(embedder), id(index))
     with _indexers_lock:
         indexer = _indexers.get(key)
         if indexer is None:
-            indexer = _indexers[key] = EmbeddingIndexer(store, embedder)
+            indexer = _indexers[key] = EmbeddingIndexer(store, embedder, index)
         return indexer

@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from memori_core.scope import Scope, validate_id, validate_session_id
 from memori_core.store.engine import create_store_engine, resolve_database_url
 from memori_core.store.sql import MemoryDraft, SQLStore, text_hash
 from memori_core.types import ForgetReport, Message, Recalled, SessionInfo, StoredMessage
+from memori_core.vector import VectorIndex
 
 if TYPE_CHECKING:
     from memori_core.llm import LLMRegistry
@@ -94,6 +96,7 @@ class Memori:
         share_across_processes: bool = False,
         context_token_budget: int = 600,
         ranking: RankingConfig | None = None,
+        vector_index: VectorIndex | None = None,
     ) -> None:
         if not isinstance(recall_limit, int) or recall_limit < 1:
             raise ConfigurationError("recall_limit must be a positive int")
@@ -102,6 +105,9 @@ class Memori:
         self.database_url = resolve_database_url(database_url)
         self._store = _shared_store(self.database_url)
         self._embedder = resolve_embedder(embedder)
+        if vector_index is not None and not isinstance(vector_index, VectorIndex):
+            raise ConfigurationError("vector_index must be a VectorIndex (e.g. ChromaIndex)")
+        self.vector_index = vector_index
         if extractor == "default":
             self._extractor: Extractor | None = RuleExtractor()
         elif extractor is None or isinstance(extractor, Extractor):
@@ -172,6 +178,7 @@ class Memori:
         clone.database_url = self.database_url
         clone._store = self._store
         clone._embedder = self._embedder
+        clone.vector_index = self.vector_index
         clone._extractor = self._extractor
         clone.recall_limit = self.recall_limit
         clone.share_across_processes = self.share_across_processes
@@ -222,12 +229,18 @@ class Memori:
 
     def clear_session(self, session_id: uuid.UUID | str | None = None) -> int:
         """Delete a session's transcript and the memories made from it; return the count."""
-        return self._ready().clear_session(self._session_scope(session_id))
+        deleted, memory_ids = self._ready().clear_session(self._session_scope(session_id))
+        if self.vector_index is not None:
+            self.vector_index.delete(memory_ids)
+        return deleted
 
     def forget(self, entity_id: str) -> ForgetReport:
         """Delete everything stored about `entity_id`: sessions, messages, memories and vectors."""
         entity = validate_id(entity_id, "entity_id")
         report = self._ready().forget(entity)
+        if self.vector_index is not None:
+            removed = self.vector_index.delete_entity(entity)
+            report = replace(report, extra={**report.extra, "index_vectors": removed})
         if entity == self.config.entity_id:
             self.config._session_id = None
         return report
@@ -277,7 +290,7 @@ class Memori:
         with self._counters_lock:
             out = dict(self._counters)
         if self._embedder is not None:
-            indexer = indexer_for(self._store, self._embedder)
+            indexer = indexer_for(self._store, self._embedder, self.vector_index)
             out["embedding_failures"] = indexer.failures
         if self._llm is not None:
             for key, value in self._llm.stats().items():
@@ -287,7 +300,18 @@ class Memori:
     def flush(self, timeout: float | None = None) -> None:
         """Embed everything still pending now (tests, benchmarks, before shutdown)."""
         if self._embedder is not None:
-            indexer_for(self._ready(), self._embedder).flush(timeout)
+            indexer_for(self._ready(), self._embedder, self.vector_index).flush(timeout)
+
+    def reindex(self) -> int:
+        """Rebuild every embedding (and the vector index) from the stored text; return the count.
+
+        Use after changing the embedder or vector index. Runs in the calling thread."""
+        store = self._ready()
+        if self.vector_index is not None:
+            self.vector_index.reset()
+        count = store.reset_embeddings()
+        self.flush()
+        return count
 
     def close(self) -> None:
         """Unregister LLM clients. The shared engine stays open for other instances."""
@@ -404,7 +428,7 @@ class Memori:
         )
         self._count("messages_stored", len(stored))
         if stored and self._embedder is not None:
-            indexer_for(self._store, self._embedder).notify()
+            indexer_for(self._store, self._embedder, self.vector_index).notify()
         return stored
 
     def _drafts(self, stored: Sequence[StoredMessage]) -> list[MemoryDraft]:

@@ -42,6 +42,7 @@ from memori_core.scope import Scope
 from memori_core.store import schema
 from memori_core.store.schema import FTS_TABLE, memories, messages, sessions
 from memori_core.types import ForgetReport, Message, SessionInfo, StoredMessage
+from memori_core.vector import VectorIndex
 
 __all__ = ["MemoryDraft", "MemoryRow", "SQLStore", "entity_key", "message_hash"]
 
@@ -314,17 +315,18 @@ class SQLStore:
                 self._add_memories(conn, scope, drafts, by_seq, created)
         return stored
 
-    def clear_session(self, scope: Scope) -> int:
+    def clear_session(self, scope: Scope) -> tuple[int, list[int]]:
+        """Delete a session's messages and derived memories: (messages deleted, memory ids)."""
+        derived = and_(
+            memories.c.session_id == scope.session_id,
+            memories.c.entity_id == scope.entity_id,
+            _eq(memories.c.process_id, scope.process_id),
+        )
         with self._write() as conn:
-            conn.execute(
-                delete(memories).where(
-                    memories.c.session_id == scope.session_id,
-                    memories.c.entity_id == scope.entity_id,
-                    _eq(memories.c.process_id, scope.process_id),
-                )
-            )
+            ids = [int(i) for i in conn.execute(select(memories.c.id).where(derived)).scalars()]
+            conn.execute(delete(memories).where(derived))
             result = conn.execute(delete(messages).where(self._scope_filter_messages(scope)))
-        return result.rowcount or 0
+        return result.rowcount or 0, ids
 
     # -- memories -----------------------------------------------------------------------------
 
@@ -347,6 +349,7 @@ class SQLStore:
                         memories.c.entity_id == scope.entity_id,
                         _eq(memories.c.process_id, process_id),
                         memories.c.text_hash == digest,
+                        memories.c.kind != "event",
                         memories.c.valid_to.is_(None),
                     )
                 ).first()
@@ -458,6 +461,42 @@ class SQLStore:
         matrix = np.vstack([np.frombuffer(r.embedding, dtype=np.float32) for r in rows])
         return [int(r.id) for r in rows], matrix
 
+    def dense_search(
+        self,
+        scope: Scope,
+        model_id: str,
+        vector: np.ndarray,
+        limit: int,
+        share_across_processes: bool,
+        index: VectorIndex | None = None,
+    ) -> list[tuple[int, float]]:
+        """Memory ids with cosine similarity to `vector`, best first, within the scope."""
+        if index is None:
+            ids, matrix = self.scope_vectors(scope, model_id, share_across_processes)
+            if matrix is None:
+                return []
+            similarities = matrix @ np.asarray(vector, dtype=np.float32)
+            top = np.argsort(-similarities, kind="stable")[:limit]
+            return [(ids[i], float(similarities[i])) for i in top]
+        process_ids: list[str | None] = [scope.process_id]
+        if share_across_processes and scope.process_id is not None:
+            process_ids.append(None)
+        hits = index.search(model_id, scope.entity_id, process_ids, vector, limit)
+        if not hits:
+            return []
+        # The index is derived data: keep only memories the store says are visible now
+        # (superseded or deleted ones may linger in the index until the next reindex).
+        with self._read() as conn:
+            visible = set(
+                conn.execute(
+                    select(memories.c.id).where(
+                        self._visible(scope, share_across_processes),
+                        memories.c.id.in_([memory_id for memory_id, _ in hits]),
+                    )
+                ).scalars()
+            )
+        return [(memory_id, score) for memory_id, score in hits if memory_id in visible]
+
     def get_memories(self, ids: Sequence[int]) -> dict[int, MemoryRow]:
         if not ids:
             return {}
@@ -509,9 +548,10 @@ class SQLStore:
 
     def pending_embeddings(
         self, model_id: str, limit: int, max_attempts: int
-    ) -> list[tuple[int, str]]:
+    ) -> list[tuple[int, str, str, str | None]]:
+        """(id, text, entity_id, process_id) of memories without a vector of `model_id`."""
         query = (
-            select(memories.c.id, memories.c.text)
+            select(memories.c.id, memories.c.text, memories.c.entity_id, memories.c.process_id)
             .where(
                 or_(memories.c.embedding_model.is_(None), memories.c.embedding_model != model_id),
                 memories.c.embed_attempts < max_attempts,
@@ -521,7 +561,9 @@ class SQLStore:
             .limit(limit)
         )
         with self._read() as conn:
-            return [(int(r.id), r.text) for r in conn.execute(query).all()]
+            return [
+                (int(r.id), r.text, r.entity_id, r.process_id) for r in conn.execute(query).all()
+            ]
 
     def set_embeddings(
         self, model_id: str, dimension: int, items: Sequence[tuple[int, np.ndarray]]
