@@ -273,6 +273,7 @@ class Memori:
             limit=limit or self.recall_limit,
             share_across_processes=self.share_across_processes,
             config=self.ranking,
+            vector_index=self.vector_index,
         )
         self._count("recalls")
         return results

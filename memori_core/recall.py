@@ -9,12 +9,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
-
 from memori_core.embedding import Embedder, check_vectors
 from memori_core.scope import Scope
 from memori_core.store.sql import MemoryRow, SQLStore
 from memori_core.types import Recalled, ScoreParts
+from memori_core.vector import VectorIndex
 
 __all__ = ["RankingConfig", "estimate_tokens", "rank"]
 
@@ -51,17 +50,21 @@ def rank(
     config: RankingConfig = RankingConfig(),
     token_budget: int | None = None,
     now: float | None = None,
+    vector_index: VectorIndex | None = None,
 ) -> list[Recalled]:
     """The `limit` best memories of `scope` for `query`, each with its score parts."""
     lexical = store.lexical_search(scope, query, config.candidates, share_across_processes)
     dense: list[tuple[int, float]] = []
     if embedder is not None and query.strip():
-        ids, matrix = store.scope_vectors(scope, embedder.model_id, share_across_processes)
-        if matrix is not None:
-            (vector,) = check_vectors(embedder.embed([query]), 1, embedder.dimension)
-            similarities = matrix @ vector
-            top = np.argsort(-similarities)[: config.candidates]
-            dense = [(ids[i], float(similarities[i])) for i in top]
+        (vector,) = check_vectors(embedder.embed([query]), 1, embedder.dimension)
+        dense = store.dense_search(
+            scope,
+            embedder.model_id,
+            vector,
+            config.candidates,
+            share_across_processes,
+            vector_index,
+        )
 
     fused: dict[int, list[float]] = {}
     total_weight = (config.lexical_weight if lexical else 0.0) + (
