@@ -49,10 +49,10 @@ class EmbeddingIndexer:
                     )
                     self._thread.start()
 
-    def run_once(self) -> int:
+    def run_once(self, max_attempts: int = MAX_ATTEMPTS) -> int:
         """Embed one batch of pending memories now; return how many were embedded."""
         with self._lock_batch:
-            pending = self.store.pending_embeddings(self.embedder.model_id, BATCH, MAX_ATTEMPTS)
+            pending = self.store.pending_embeddings(self.embedder.model_id, BATCH, max_attempts)
             if not pending:
                 return 0
             ids = [row[0] for row in pending]
@@ -86,11 +86,13 @@ class EmbeddingIndexer:
             return len(ids)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Embed everything pending now, in the caller's thread; False if it gave up."""
+        """Embed everything pending now, in the caller's thread; False if it gave up.
+
+        An explicit flush also retries memories the background thread has given up on."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             try:
-                if self.run_once() == 0:
+                if self.run_once(max_attempts=1_000_000) == 0:
                     return True
             except Exception:
                 return False

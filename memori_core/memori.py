@@ -299,7 +299,9 @@ class Memori:
         return out
 
     def flush(self, timeout: float | None = None) -> None:
-        """Embed everything still pending now (tests, benchmarks, before shutdown)."""
+        """Retry failed extractions and embed everything still pending, in this thread
+        (tests, benchmarks, before shutdown)."""
+        self._retry_extraction()
         if self._embedder is not None:
             indexer_for(self._ready(), self._embedder, self.vector_index).flush(timeout)
 
@@ -432,21 +434,39 @@ class Memori:
             indexer_for(self._store, self._embedder, self.vector_index).notify()
         return stored
 
-    def _drafts(self, stored: Sequence[StoredMessage]) -> list[MemoryDraft]:
+    def _drafts(self, stored: Sequence[StoredMessage]) -> tuple[list[MemoryDraft], bool]:
+        """Memories of newly stored messages, and whether extraction failed (to retry later)."""
         drafts = episodic_drafts(stored)
-        if self._extractor is not None:
+        if self._extractor is None:
+            return drafts, False
+        try:
+            extracted = self._extractor.extract(stored)
+        except Exception:
+            # The turn is stored regardless; extraction is an enrichment, retried by flush().
+            self._count("extraction_failures")
+            log.warning("memory extraction failed; the turn is stored", exc_info=True)
+            return drafts, True
+        return _merge(drafts, extracted), False
+
+    def _retry_extraction(self) -> None:
+        if self._extractor is None:
+            return
+        store = self._ready()
+        for scope, stored in store.extraction_backlog(limit=200, max_attempts=5):
             try:
                 extracted = self._extractor.extract(stored)
             except Exception:
-                # The turn is stored regardless; extraction is an enrichment.
                 self._count("extraction_failures")
-                log.warning("memory extraction failed; the turn is stored", exc_info=True)
-            else:
-                # A turn that is a single durable statement is kept once, as the fact.
-                facts = {text_hash(d.text) for d in extracted}
-                drafts = [d for d in drafts if text_hash(d.text) not in facts]
-                drafts.extend(extracted)
-        return drafts
+                log.warning("extraction retry failed", exc_info=True)
+                store.extraction_failed_again([m.id for m in stored])
+                continue
+            store.resolve_extraction(scope, stored, extracted)
+
+
+def _merge(episodic: list[MemoryDraft], extracted: list[MemoryDraft]) -> list[MemoryDraft]:
+    # A turn that is a single durable statement is kept once, as the fact.
+    facts = {text_hash(d.text) for d in extracted}
+    return [d for d in episodic if text_hash(d.text) not in facts] + list(extracted)
 
 
 def _coerce(message: MessageLike) -> Message:

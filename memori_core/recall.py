@@ -3,17 +3,22 @@ then recency and salience, near-duplicate removal and a token budget."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+
 from memori_core.embedding import Embedder, check_vectors
 from memori_core.scope import Scope
 from memori_core.store.sql import MemoryRow, SQLStore
 from memori_core.types import Recalled, ScoreParts
 from memori_core.vector import VectorIndex
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RankingConfig", "estimate_tokens", "rank"]
 
@@ -55,8 +60,8 @@ def rank(
     """The `limit` best memories of `scope` for `query`, each with its score parts."""
     lexical = store.lexical_search(scope, query, config.candidates, share_across_processes)
     dense: list[tuple[int, float]] = []
-    if embedder is not None and query.strip():
-        (vector,) = check_vectors(embedder.embed([query]), 1, embedder.dimension)
+    vector = _embed_query(embedder, query) if embedder is not None and query.strip() else None
+    if embedder is not None and vector is not None:
         dense = store.dense_search(
             scope,
             embedder.model_id,
@@ -129,6 +134,16 @@ def rank(
         if len(results) >= limit:
             break
     return results
+
+
+def _embed_query(embedder: Embedder, query: str) -> np.ndarray | None:
+    """The query's vector, or None when the embedder fails: recall then stays lexical."""
+    try:
+        vector: np.ndarray = check_vectors(embedder.embed([query]), 1, embedder.dimension)[0]
+    except Exception:
+        log.warning("embedding the query failed; recalling lexically", exc_info=True)
+        return None
+    return vector
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:

@@ -314,10 +314,16 @@ class StoreContract:
                 raise RuntimeError("extractor down")
 
         mem = new(extractor=Broken()).attribution(user)
-        mem.record([{"role": "user", "content": "I prefer tea."}])
-        assert [m.content for m in mem.messages()] == ["I prefer tea."]
+        mem.record([{"role": "user", "content": "I prefer tea. Also green tea."}])
+        assert [m.content for m in mem.messages()] == ["I prefer tea. Also green tea."]
         assert mem.stats()["extraction_failures"] == 1
-        assert mem.recall("tea")
+        assert [r.kind for r in mem.recall("tea")] == ["event"]
+        # Later (any instance, any process) the backlog is extracted once it works again.
+        healed = new().attribution(user)
+        healed.flush()
+        assert {r.kind for r in healed.recall("prefer tea", limit=5)} == {"event", "preference"}
+        healed.flush()
+        assert [r.kind for r in healed.recall("prefer tea", limit=5)].count("preference") == 1
 
     # -- async ----------------------------------------------------------------------------------
 

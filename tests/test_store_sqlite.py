@@ -28,7 +28,7 @@ def test_file_is_in_wal_mode_with_named_migrations(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = [r[0] for r in conn.execute("SELECT name FROM memori_migrations ORDER BY name")]
-    assert names == ["0001_initial", "0002_lexical_index"]
+    assert names == ["0001_initial", "0002_lexical_index", "0003_extraction_backlog"]
 
 
 def test_default_url_comes_from_the_environment(tmp_path: Path) -> None:

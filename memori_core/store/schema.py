@@ -26,7 +26,16 @@ from sqlalchemy import (
 
 from memori_core.errors import MigrationError
 
-__all__ = ["FTS_TABLE", "MIGRATIONS", "memories", "messages", "metadata", "migrations", "sessions"]
+__all__ = [
+    "FTS_TABLE",
+    "MIGRATIONS",
+    "extraction_backlog",
+    "memories",
+    "messages",
+    "metadata",
+    "migrations",
+    "sessions",
+]
 
 metadata = MetaData()
 
@@ -103,6 +112,19 @@ memories = Table(
     Index("ix_memori_memories_pending", "embedding_model", "embed_attempts"),
 )
 
+extraction_backlog = Table(
+    "memori_extraction_backlog",
+    metadata,
+    Column(
+        "message_id",
+        Integer,
+        ForeignKey("memori_messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+)
+
 FTS_TABLE = "memori_memories_fts"
 
 
@@ -141,11 +163,16 @@ def _lexical_index(conn: Connection) -> None:
         raise MigrationError(f"no lexical index for dialect {conn.dialect.name!r}")
 
 
+def _extraction_backlog(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[extraction_backlog])
+
+
 Migration = tuple[str, Callable[[Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
     ("0001_initial", _initial),
     ("0002_lexical_index", _lexical_index),
+    ("0003_extraction_backlog", _extraction_backlog),
 )
 
 

@@ -40,7 +40,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from memori_core.errors import InvalidVectorError, ScopeError, StorageError
 from memori_core.scope import Scope
 from memori_core.store import schema
-from memori_core.store.schema import FTS_TABLE, memories, messages, sessions
+from memori_core.store.schema import (
+    FTS_TABLE,
+    extraction_backlog,
+    memories,
+    messages,
+    sessions,
+)
 from memori_core.types import ForgetReport, Message, SessionInfo, StoredMessage
 from memori_core.vector import VectorIndex
 
@@ -309,11 +315,63 @@ class SQLStore:
                 return []
             inserted = conn.execute(messages.insert().returning(messages), rows).all()
             stored = sorted((self._stored(r) for r in inserted), key=lambda m: m.seq)
-            drafts: Sequence[MemoryDraft] = drafts_for(stored)
+            drafts, extraction_failed = drafts_for(stored)
             if drafts:
                 by_seq = {m.seq: m.id for m in stored}
                 self._add_memories(conn, scope, drafts, by_seq, created)
+            if extraction_failed:
+                # Kept with the turn, so a later retry (any process) can extract it.
+                conn.execute(
+                    extraction_backlog.insert(),
+                    [{"message_id": m.id, "attempts": 1, "created_at": now} for m in stored],
+                )
         return stored
+
+    # -- extraction retries ---------------------------------------------------------------------
+
+    def extraction_backlog(
+        self, limit: int, max_attempts: int
+    ) -> list[tuple[Scope, list[StoredMessage]]]:
+        """Messages whose extraction failed, grouped by session, oldest first."""
+        query = (
+            select(messages)
+            .join(extraction_backlog, extraction_backlog.c.message_id == messages.c.id)
+            .where(extraction_backlog.c.attempts < max_attempts)
+            .order_by(messages.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        groups: dict[str, tuple[Scope, list[StoredMessage]]] = {}
+        for row in rows:
+            stored = self._stored(row)
+            if stored.session_id not in groups:
+                scope = Scope(stored.entity_id, stored.process_id, stored.session_id)
+                groups[stored.session_id] = (scope, [])
+            groups[stored.session_id][1].append(stored)
+        return list(groups.values())
+
+    def resolve_extraction(
+        self, scope: Scope, stored: Sequence[StoredMessage], drafts: Sequence[MemoryDraft]
+    ) -> None:
+        """Store the memories a retried extraction produced and clear the backlog rows."""
+        with self._write() as conn:
+            by_seq = {m.seq: m.id for m in stored}
+            created = min(m.created_at.timestamp() for m in stored)
+            self._add_memories(conn, scope, drafts, by_seq, created)
+            conn.execute(
+                delete(extraction_backlog).where(
+                    extraction_backlog.c.message_id.in_([m.id for m in stored])
+                )
+            )
+
+    def extraction_failed_again(self, ids: Sequence[int]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(extraction_backlog)
+                .where(extraction_backlog.c.message_id.in_(list(ids)))
+                .values(attempts=extraction_backlog.c.attempts + 1)
+            )
 
     def clear_session(self, scope: Scope) -> tuple[int, list[int]]:
         """Delete a session's messages and derived memories: (messages deleted, memory ids)."""
