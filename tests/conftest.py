@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from memori_core import Memori  # noqa: E402
-from memori_core.testing import HashEmbedder  # noqa: E402
+from memori_core import Memori
+from memori_core.testing import HashEmbedder
 
 
 @pytest.fixture

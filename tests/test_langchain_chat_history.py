@@ -23,10 +23,10 @@ from langchain_core.messages import (
 )
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
-from memori_langchain import MemoriChatHistory
 
 from memori_core import Memori
 from memori_core.errors import ScopeError, UsageError
+from memori_langchain import MemoriChatHistory
 
 MakeMemori = Callable[..., Memori]
 

@@ -13,13 +13,13 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
-from memori_langchain import MemoriChatHistory
-from memori_langchain.middleware import MemoriMiddleware, with_memory_block
 from pydantic import Field
 
 from memori_core import Memori
 from memori_core.context import MEMORY_BLOCK_START
 from memori_core.testing import HashEmbedder
+from memori_langchain import MemoriChatHistory
+from memori_langchain.middleware import MemoriMiddleware, with_memory_block
 
 MakeMemori = Callable[..., Memori]
 

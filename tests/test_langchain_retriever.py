@@ -7,9 +7,9 @@ from datetime import datetime
 
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage
-from memori_langchain import MemoriChatHistory, MemoriRetriever
 
 from memori_core import Memori
+from memori_langchain import MemoriChatHistory, MemoriRetriever
 
 MakeMemori = Callable[..., Memori]
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 from langgraph.store.base import GetOp, InvalidNamespaceError, PutOp, SearchOp
-from memori_langchain.store import MemoriStore
 
 from memori_core import Memori
+from memori_langchain.store import MemoriStore
 
 MakeMemori = Callable[..., Memori]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from store_contract import StoreContract
 
 POSTGRES_URL = os.environ.get("MEMORI_TEST_POSTGRES_URL", "")
