@@ -94,8 +94,9 @@ memories = Table(
     Column("kind", String(16), nullable=False),
     Column("text", Text, nullable=False),
     Column("text_hash", String(64), nullable=False),
-    # A short hash of the entity, indexed with the text so lexical search narrows to one entity.
-    Column("entity_key", String(24), nullable=False),
+    # A short hash of (entity, process), indexed with the text so that lexical search only
+    # walks the postings of the scopes it may read.
+    Column("scope_key", String(24), nullable=False),
     Column("fact_key", String(255), nullable=True),
     Column("source_message_ids", Text, nullable=False, default="[]"),
     Column("created_at", Float, nullable=False),
@@ -138,18 +139,22 @@ def _lexical_index(conn: Connection) -> None:
         # so every writer, in any process, keeps it consistent with the memories table.
         conn.exec_driver_sql(
             f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5("
-            "text, entity_key, content='memori_memories', content_rowid='id', "
+            "text, scope_key, content='memori_memories', content_rowid='id', "
             "tokenize='porter unicode61 remove_diacritics 2')"
+        )
+        # `ORDER BY rank` then ranks by the text alone (the scope key is a filter).
+        conn.exec_driver_sql(
+            f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rank) VALUES ('rank', 'bm25(1.0, 0.0)')"
         )
         conn.exec_driver_sql(
             f"CREATE TRIGGER memori_memories_ai AFTER INSERT ON memori_memories BEGIN "
-            f"INSERT INTO {FTS_TABLE}(rowid, text, entity_key) "
-            "VALUES (new.id, new.text, new.entity_key); END"
+            f"INSERT INTO {FTS_TABLE}(rowid, text, scope_key) "
+            "VALUES (new.id, new.text, new.scope_key); END"
         )
         conn.exec_driver_sql(
             f"CREATE TRIGGER memori_memories_ad AFTER DELETE ON memori_memories BEGIN "
-            f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, text, entity_key) "
-            "VALUES ('delete', old.id, old.text, old.entity_key); END"
+            f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, text, scope_key) "
+            "VALUES ('delete', old.id, old.text, old.scope_key); END"
         )
     elif conn.dialect.name == "postgresql":
         conn.exec_driver_sql(

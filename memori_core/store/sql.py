@@ -47,17 +47,19 @@ from memori_core.store.schema import (
     messages,
     sessions,
 )
+from memori_core.store.vectors import VectorCache
 from memori_core.types import ForgetReport, Message, SessionInfo, StoredMessage
 from memori_core.vector import VectorIndex
 
-__all__ = ["MemoryDraft", "MemoryRow", "SQLStore", "entity_key", "message_hash"]
+__all__ = ["MemoryDraft", "MemoryRow", "SQLStore", "message_hash", "scope_key"]
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
-def entity_key(entity_id: str) -> str:
-    """A hash of the entity id, indexed beside memory text so lexical search narrows to it."""
-    return "e" + hashlib.blake2b(entity_id.encode(), digest_size=10).hexdigest()
+def scope_key(entity_id: str, process_id: str | None) -> str:
+    """A hash of (entity, process), indexed beside memory text so lexical search narrows to it."""
+    ids = json.dumps([entity_id, process_id]).encode()
+    return "s" + hashlib.blake2b(ids, digest_size=10).hexdigest()
 
 
 def message_hash(message: Message) -> str:
@@ -117,6 +119,7 @@ class SQLStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._migrated = False
+        self._vectors = VectorCache()
         self._migrate_lock = threading.Lock()
 
     # -- transactions -------------------------------------------------------------------------
@@ -396,7 +399,6 @@ class SQLStore:
         by_seq: dict[int, int],
         created: float,
     ) -> None:
-        ekey = entity_key(scope.entity_id)
         for draft in drafts:
             process_id = None if draft.entity_wide else scope.process_id
             digest = text_hash(draft.text)
@@ -432,7 +434,7 @@ class SQLStore:
                     kind=draft.kind,
                     text=draft.text,
                     text_hash=digest,
-                    entity_key=ekey,
+                    scope_key=scope_key(scope.entity_id, process_id),
                     fact_key=draft.fact_key,
                     source_message_ids=json.dumps(source_ids),
                     created_at=created,
@@ -473,11 +475,17 @@ class SQLStore:
         visible = self._visible(scope, share_across_processes)
         if self.dialect == "sqlite":
             quoted = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-            match = f'entity_key : "{entity_key(scope.entity_id)}" AND text : ({quoted})'
+            keys = [scope_key(scope.entity_id, scope.process_id)]
+            if share_across_processes and scope.process_id is not None:
+                keys.append(scope_key(scope.entity_id, None))
+            # Only hashes and quoted terms reach the MATCH string: ids are never FTS syntax.
+            match = f"scope_key : ({' OR '.join(keys)}) AND text : ({quoted})"
+            # FTS5 keeps only the top rows when ranking with ORDER BY rank LIMIT; the
+            # margin covers superseded memories that the join below drops.
             fts = (
                 text(
-                    f"SELECT rowid AS id, bm25({FTS_TABLE}, 1.0, 0.0) AS rank FROM {FTS_TABLE} "
-                    f"WHERE {FTS_TABLE} MATCH :match"
+                    f"SELECT rowid AS id, rank FROM {FTS_TABLE} "
+                    f"WHERE {FTS_TABLE} MATCH :match ORDER BY rank LIMIT :inner_limit"
                 )
                 .columns(id=Integer, rank=Float)
                 .subquery("fts")
@@ -490,7 +498,7 @@ class SQLStore:
                 .limit(limit)
             )
             with self._read() as conn:
-                rows = conn.execute(statement, {"match": match}).all()
+                rows = conn.execute(statement, {"match": match, "inner_limit": limit + 32}).all()
             return [(int(r.id), -float(r.rank)) for r in rows]
         tsvector: ColumnElement[Any] = literal_column("memori_memories.text_tsv")
         tsquery = func.to_tsquery("english", bindparam("q"))
@@ -505,19 +513,82 @@ class SQLStore:
             rows = conn.execute(statement, {"q": " | ".join(_pg_lexeme(t) for t in terms)}).all()
         return [(int(r.id), float(r.rank)) for r in rows]
 
-    def scope_vectors(
-        self, scope: Scope, model_id: str, share_across_processes: bool
-    ) -> tuple[list[int], np.ndarray | None]:
-        query = select(memories.c.id, memories.c.embedding).where(
-            self._visible(scope, share_across_processes),
-            memories.c.embedding_model == model_id,
+    def _scope_vectors(
+        self, entity_id: str, process_id: str | None, model_id: str, dimension: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, matrix) of one (entity, process)'s vectors of `model_id`, from the cache,
+        after reading only what was stored since the cache last looked."""
+        key = (entity_id, process_id, model_id)
+        with self._vectors.lock:
+            high_water = self._vectors.get(key, dimension).high_water
+        scope_rows = and_(
+            memories.c.entity_id == entity_id,
+            _eq(memories.c.process_id, process_id),
+            memories.c.valid_to.is_(None),
+            memories.c.id > high_water,
         )
         with self._read() as conn:
-            rows = conn.execute(query).all()
-        if not rows:
+            newer = conn.execute(
+                select(
+                    memories.c.id,
+                    (memories.c.embedding_model == model_id).label("ready"),
+                )
+                .where(scope_rows)
+                .order_by(memories.c.id)
+            ).all()
+            with self._vectors.lock:
+                seen = self._vectors.get(key, dimension).seen
+                wanted = [int(r.id) for r in newer if r.ready and int(r.id) not in seen]
+            blobs: list[Any] = []
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                blobs.extend(
+                    conn.execute(
+                        select(memories.c.id, memories.c.embedding)
+                        .where(memories.c.id.in_(chunk))
+                        .order_by(memories.c.id)
+                    ).all()
+                )
+        pending = [int(r.id) for r in newer if not r.ready]
+        # Memories still waiting for a vector are read again next time; the rest are cached.
+        if pending:
+            new_high_water = pending[0] - 1
+        elif newer:
+            new_high_water = int(newer[-1].id)
+        else:
+            new_high_water = high_water
+        with self._vectors.lock:
+            entry = self._vectors.get(key, dimension)
+            fresh = [b for b in blobs if int(b.id) not in entry.seen]
+            if fresh:
+                vectors = np.vstack([np.frombuffer(b.embedding, dtype=np.float32) for b in fresh])
+                if entry.dimension in (0, vectors.shape[1]):
+                    entry.append([int(b.id) for b in fresh], vectors)
+            entry.high_water = max(entry.high_water, new_high_water)
+            ids, matrix = entry.view()
+            self._vectors.evict()
+        return ids, matrix
+
+    def scope_vectors(
+        self, scope: Scope, model_id: str, share_across_processes: bool, dimension: int = 0
+    ) -> tuple[list[int], np.ndarray | None]:
+        """Every cached vector of the scope: (memory ids, matrix), or ([], None).
+
+        May include memories deleted or superseded since they were cached; `get_memories`
+        drops those, so rank through it."""
+        process_ids: list[str | None] = [scope.process_id]
+        if share_across_processes and scope.process_id is not None:
+            process_ids.append(None)
+        parts = [self._scope_vectors(scope.entity_id, p, model_id, dimension) for p in process_ids]
+        parts = [(ids, matrix) for ids, matrix in parts if len(ids)]
+        if not parts:
             return [], None
-        matrix = np.vstack([np.frombuffer(r.embedding, dtype=np.float32) for r in rows])
-        return [int(r.id) for r in rows], matrix
+        if len(parts) == 1:
+            return parts[0][0].tolist(), parts[0][1]
+        return (
+            np.concatenate([ids for ids, _ in parts]).tolist(),
+            np.vstack([matrix for _, matrix in parts]),
+        )
 
     def dense_search(
         self,
@@ -529,21 +600,31 @@ class SQLStore:
         index: VectorIndex | None = None,
     ) -> list[tuple[int, float]]:
         """Memory ids with cosine similarity to `vector`, best first, within the scope."""
-        if index is None:
-            ids, matrix = self.scope_vectors(scope, model_id, share_across_processes)
-            if matrix is None:
-                return []
-            similarities = matrix @ np.asarray(vector, dtype=np.float32)
-            top = np.argsort(-similarities, kind="stable")[:limit]
-            return [(ids[i], float(similarities[i])) for i in top]
+        query_vector = np.asarray(vector, dtype=np.float32)
         process_ids: list[str | None] = [scope.process_id]
         if share_across_processes and scope.process_id is not None:
             process_ids.append(None)
-        hits = index.search(model_id, scope.entity_id, process_ids, vector, limit)
+        if index is not None:
+            hits = index.search(model_id, scope.entity_id, process_ids, query_vector, limit)
+        else:
+            hits = []
+            for process_id in process_ids:
+                ids, matrix = self._scope_vectors(
+                    scope.entity_id, process_id, model_id, len(query_vector)
+                )
+                if not len(ids):
+                    continue
+                similarities = matrix @ query_vector
+                # Over-fetch: a few cached hits may have been deleted or superseded since.
+                k = min(len(ids), 2 * limit)
+                top = np.argpartition(-similarities, k - 1)[:k]
+                hits.extend((int(ids[i]), float(similarities[i])) for i in top)
+            hits.sort(key=lambda hit: -hit[1])
+            hits = hits[: 2 * limit]
         if not hits:
             return []
-        # The index is derived data: keep only memories the store says are visible now
-        # (superseded or deleted ones may linger in the index until the next reindex).
+        # The cache and any external index are derived data: keep only what the store says is
+        # visible in this scope now.
         with self._read() as conn:
             visible = set(
                 conn.execute(
@@ -553,9 +634,12 @@ class SQLStore:
                     )
                 ).scalars()
             )
-        return [(memory_id, score) for memory_id, score in hits if memory_id in visible]
+        return [(i, score) for i, score in hits if i in visible][:limit]
 
-    def get_memories(self, ids: Sequence[int]) -> dict[int, MemoryRow]:
+    def get_memories(
+        self, ids: Sequence[int], *, include_superseded: bool = False
+    ) -> dict[int, MemoryRow]:
+        """The memories with these ids that still exist (and are current, by default)."""
         if not ids:
             return {}
         query = select(
@@ -570,6 +654,8 @@ class SQLStore:
             memories.c.times_seen,
             memories.c.source_message_ids,
         ).where(memories.c.id.in_(list(ids)))
+        if not include_superseded:
+            query = query.where(memories.c.valid_to.is_(None))
         with self._read() as conn:
             rows = conn.execute(query).all()
         return {
@@ -599,7 +685,7 @@ class SQLStore:
             )
         with self._read() as conn:
             ids = list(conn.execute(select(memories.c.id).where(condition)).scalars())
-        rows = self.get_memories(ids)
+        rows = self.get_memories(ids, include_superseded=include_superseded)
         return [rows[i] for i in sorted(rows)]
 
     # -- embeddings ---------------------------------------------------------------------------
@@ -660,6 +746,7 @@ class SQLStore:
             result = conn.execute(
                 update(memories).values(embedding=None, embedding_model=None, embed_attempts=0)
             )
+        self._vectors.clear()
         return result.rowcount or 0
 
     # -- whole-entity operations ----------------------------------------------------------------
@@ -674,6 +761,7 @@ class SQLStore:
             n_memories = conn.execute(delete(memories).where(memories.c.entity_id == entity_id))
             n_messages = conn.execute(delete(messages).where(messages.c.entity_id == entity_id))
             n_sessions = conn.execute(delete(sessions).where(sessions.c.entity_id == entity_id))
+        self._vectors.forget_entity(entity_id)
         return ForgetReport(
             entity_id=entity_id,
             sessions=n_sessions.rowcount or 0,
