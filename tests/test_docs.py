@@ -14,14 +14,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
-# Blocks that need a live OpenAI account; the same calls run offline in tests/test_llm_*.py.
-NEEDS_NETWORK = ("OpenAI()",)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMORI_DATABASE_URL", f"sqlite:///{tmp_path / 'docs.db'}")
-    blocks = [b for b in BLOCK.findall(page.read_text()) if not any(n in b for n in NEEDS_NETWORK)]
+    blocks = BLOCK.findall(page.read_text())
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
     for number, block in enumerate(blocks, start=1):
         try:

@@ -29,5 +29,5 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_there_is_a_notebook_per_host() -> None:
     names = " ".join(p.stem for p in NOTEBOOKS)
-    for host in ("langchain", "llamaindex", "pydantic_ai"):
+    for host in ("openai", "langchain", "llamaindex", "pydantic_ai"):
         assert host in names
