@@ -16,6 +16,8 @@ demo: $(VENV)/.installed
 	$(BIN)/memori-core demo
 
 test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	scripts/with-postgres $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed

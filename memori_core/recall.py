@@ -1,5 +1,13 @@
-"""Hybrid recall: lexical (FTS5 bm25 / tsvector) and dense (cosine) fused by reciprocal rank,
-then recency and salience, near-duplicate removal and a token budget."""
+"""Hybrid recall: lexical (FTS5 bm25 / tsvector) and dense (cosine) relevance, each scaled by
+its best hit and mixed, lifted by the neighbouring turns of the conversation, then recency and
+salience, near-duplicate removal and a token budget.
+
+Why this shape (measured on LoCoMo, see benchmarks/README.md): mixing the two scores keeps
+how far ahead a strong lexical match is, which reciprocal-rank fusion throws away; function
+words in a question only add noise to the lexical query; and a turn is often understood only
+with its neighbours ("Yeah, glad to be part of it." answers the turn before it), so a turn
+next to a strong match inherits part of that match's relevance.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,30 +27,60 @@ from memori_core.store.sql import MemoryRow, SQLStore
 from memori_core.types import Recalled, ScoreParts
 from memori_core.vector import VectorIndex
 
+__all__ = ["RankingConfig", "estimate_tokens", "lexical_terms", "rank"]
+
 log = logging.getLogger(__name__)
 
-__all__ = ["RankingConfig", "estimate_tokens", "rank"]
-
 _WORD = re.compile(r"\w+")
+
+# English function words and question words: they match nearly every turn, so in an OR query
+# they only reorder long turns by chance. Content words ("Tokyo", "paint", "adopt") stay.
+_STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers herself him himself his how i if in into is it
+    its itself just me more most my myself no nor not of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their theirs them
+    themselves then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours yourself yourselves
+    ever kind sort""".split()  # noqa: SIM905 - a word list reads better as text
+)
 
 
 @dataclass(frozen=True, slots=True)
 class RankingConfig:
-    """Weights of the final score. Fused relevance is in [0, 1]; the rest are small nudges."""
+    """Weights of the final score.
 
-    rrf_k: int = 60
-    lexical_weight: float = 1.0
-    dense_weight: float = 1.0
+    Relevance = `lexical_weight` x (bm25 / best bm25) + `dense_weight` x (cosine / best cosine),
+    the weights scaled to sum to 1 over the legs that ran; a turn then gains `neighbour_weight`
+    of its best adjacent turn's relevance (`second_neighbour_weight` two turns away). Recency and
+    salience are small nudges on top.
+    """
+
+    lexical_weight: float = 0.5
+    dense_weight: float = 0.5
+    neighbour_weight: float = 0.5
+    second_neighbour_weight: float = 0.25
+    neighbour_seeds: int = 30
+    neighbour_probe: int = 4
     recency_weight: float = 0.05
     salience_weight: float = 0.05
     recency_half_life_days: float = 30.0
-    candidates: int = 50
+    candidates: int = 100
     duplicate_jaccard: float = 0.9
 
 
 def estimate_tokens(text: str) -> int:
     """A cheap token estimate (about four characters a token for English) for budgets."""
     return max(1, math.ceil(len(text) / 4))
+
+
+def lexical_terms(query: str) -> list[str]:
+    """The words of `query` worth matching lexically: without function words, unless the query
+    has nothing else ("who are you")."""
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(query)))
+    content = [w for w in words if w not in _STOPWORDS]
+    return content or words
 
 
 def rank(
@@ -58,43 +97,83 @@ def rank(
     vector_index: VectorIndex | None = None,
 ) -> list[Recalled]:
     """The `limit` best memories of `scope` for `query`, each with its score parts."""
-    lexical = store.lexical_search(scope, query, config.candidates, share_across_processes)
-    dense: list[tuple[int, float]] = []
+    terms = lexical_terms(query)
+    lexical = (
+        store.lexical_search(scope, " ".join(terms), config.candidates, share_across_processes)
+        if terms
+        else []
+    )
+    dense = _DenseScores.empty()
     vector = _embed_query(embedder, query) if embedder is not None and query.strip() else None
     if embedder is not None and vector is not None:
-        dense = store.dense_search(
-            scope,
-            embedder.model_id,
-            vector,
-            config.candidates,
-            share_across_processes,
-            vector_index,
-        )
-
-    fused: dict[int, list[float]] = {}
-    total_weight = (config.lexical_weight if lexical else 0.0) + (
-        config.dense_weight if dense else 0.0
-    )
-    if total_weight == 0:
+        if vector_index is None:
+            # Every vector of the scope is at hand: neighbours get their exact similarity.
+            ids, matrix = store.scope_vectors(scope, embedder.model_id, share_across_processes)
+            if matrix is not None:
+                dense = _DenseScores(np.asarray(ids, dtype=np.int64), matrix @ vector)
+        else:
+            hits = store.dense_search(
+                scope,
+                embedder.model_id,
+                vector,
+                config.candidates,
+                share_across_processes,
+                vector_index,
+            )
+            dense = _DenseScores(
+                np.asarray([i for i, _ in hits], dtype=np.int64),
+                np.asarray([s for _, s in hits], dtype=np.float32),
+            )
+    if not lexical and not dense.ids.size:
         return []
-    scale = (config.rrf_k + 1) / total_weight
-    for position, (memory_id, _) in enumerate(lexical):
-        fused.setdefault(memory_id, [0.0, 0.0])[0] = (
-            config.lexical_weight * scale / (config.rrf_k + position + 1)
-        )
-    for position, (memory_id, _) in enumerate(dense):
-        fused.setdefault(memory_id, [0.0, 0.0])[1] = (
-            config.dense_weight * scale / (config.rrf_k + position + 1)
-        )
 
-    rows = store.get_memories(list(fused))
+    weight_sum = (config.lexical_weight if lexical else 0.0) + (
+        config.dense_weight if dense.ids.size else 0.0
+    )
+    if weight_sum <= 0:
+        return []
+    lexical_scale = config.lexical_weight / weight_sum / max(lexical[0][1], 1e-9) if lexical else 0
+    dense_scale = config.dense_weight / weight_sum / dense.best if dense.best > 0 else 0.0
+    lexical_by_id = dict(lexical)
+
+    candidate_set = set(lexical_by_id) | set(dense.top(config.candidates))
+    candidates = list(candidate_set)
+    base = relevance_of(candidates, lexical_by_id, lexical_scale, dense, dense_scale).sum(axis=1)
+    by_base = [candidates[i] for i in np.argsort(-base, kind="stable")]
+    wanted = set(by_base[: max(config.neighbour_seeds, 3 * limit)])
+    for seed in by_base[: config.neighbour_seeds]:
+        wanted.update(range(seed - config.neighbour_probe, seed + config.neighbour_probe + 1))
+    rows = {
+        memory_id: row
+        for memory_id, row in store.get_memories(sorted(wanted)).items()
+        if _visible(row, scope, share_across_processes)
+    }
+    ids = list(rows)
+    parts_of = dict(
+        zip(
+            ids,
+            relevance_of(ids, lexical_by_id, lexical_scale, dense, dense_scale).tolist(),
+            strict=True,
+        )
+    )
+    neighbours = _neighbours(rows.values())
+
     current = time.time() if now is None else now
     half_life = config.recency_half_life_days * 86400.0
     scored: list[tuple[float, ScoreParts, MemoryRow]] = []
-    for memory_id, (lexical_part, dense_part) in fused.items():
-        row = rows.get(memory_id)
-        if row is None or row.entity_id != scope.entity_id:
-            continue  # deleted meanwhile; the entity check is defence in depth
+    for memory_id, row in rows.items():
+        lexical_part, dense_part = parts_of[memory_id]
+        for hop, weight in (
+            (1, config.neighbour_weight),
+            (2, config.second_neighbour_weight),
+        ):
+            near = [parts_of[n] for n in neighbours.get((memory_id, hop), ())]
+            if near and weight > 0:
+                best_lexical, best_dense = max(near, key=sum)
+                lexical_part += weight * best_lexical
+                dense_part += weight * best_dense
+        if lexical_part + dense_part <= 0 and memory_id not in candidate_set:
+            continue  # a probed row that nothing relevant sits next to
         age = max(0.0, current - row.created_at)
         recency = config.recency_weight * 0.5 ** (age / half_life)
         salience = config.salience_weight * min(1.0, row.salience + 0.05 * (row.times_seen - 1))
@@ -134,6 +213,87 @@ def rank(
         if len(results) >= limit:
             break
     return results
+
+
+def relevance_of(
+    ids: list[int],
+    lexical: dict[int, float],
+    lexical_scale: float,
+    dense: _DenseScores,
+    dense_scale: float,
+) -> np.ndarray:
+    """`(len(ids), 2)`: the scaled lexical and dense relevance of each memory (0 if unknown)."""
+    out = np.zeros((len(ids), 2), dtype=np.float64)
+    if not ids:
+        return out
+    out[:, 0] = [lexical.get(i, 0.0) for i in ids]
+    out[:, 0] *= lexical_scale
+    out[:, 1] = dense.lookup(np.asarray(ids, dtype=np.int64)) * dense_scale
+    return np.clip(out, 0.0, None)
+
+
+class _DenseScores:
+    """Cosine similarities by memory id (every vector of the scope, or an index's top hits)."""
+
+    def __init__(self, ids: np.ndarray, similarities: np.ndarray) -> None:
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]
+        self.similarities = np.asarray(similarities, dtype=np.float32)[order]
+        self.best = float(self.similarities.max()) if self.ids.size else 0.0
+
+    @classmethod
+    def empty(cls) -> _DenseScores:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Similarity of each id (0 for ids without a vector here)."""
+        if not self.ids.size:
+            return np.zeros(ids.size, dtype=np.float64)
+        at = np.minimum(np.searchsorted(self.ids, ids), self.ids.size - 1)
+        found = self.ids[at] == ids
+        return np.where(found, self.similarities[at], 0.0).astype(np.float64)
+
+    def top(self, n: int) -> list[int]:
+        if self.ids.size <= n:
+            return [int(i) for i in self.ids]
+        best = np.argpartition(-self.similarities, n)[:n]
+        return [int(i) for i in self.ids[best]]
+
+
+def _visible(row: MemoryRow, scope: Scope, share_across_processes: bool) -> bool:
+    # Probed rows come from an id range, so the scope is checked here (the store's searches
+    # filter by scope themselves; this keeps probing from ever crossing entity or process).
+    if row.entity_id != scope.entity_id:
+        return False
+    if row.process_id == scope.process_id:
+        return True
+    return share_across_processes and scope.process_id is not None and row.process_id is None
+
+
+def _neighbours(rows: Iterable[MemoryRow]) -> dict[tuple[int, int], list[int]]:
+    """(memory id, hop) -> the turns `hop` places before and after it in its session.
+
+    Turns are the episodic `event` memories; their order is their source message's id. Only
+    rows at hand count (probed around the strongest matches), which is where it matters.
+    """
+    by_session: dict[str | None, list[tuple[int, int]]] = {}
+    for row in rows:
+        if row.kind == "event" and row.source_message_ids:
+            by_session.setdefault(row.session_id, []).append((row.source_message_ids[0], row.id))
+    out: dict[tuple[int, int], list[int]] = {}
+    for turns in by_session.values():
+        turns.sort()
+        for position, (message_id, memory_id) in enumerate(turns):
+            for hop in (1, 2):
+                near = []
+                for other in (position - hop, position + hop):
+                    # A gap in message ids larger than the hop (plus tool or system messages
+                    # in between) means the real neighbour was not fetched: do not skip over it.
+                    if 0 <= other < len(turns) and abs(turns[other][0] - message_id) <= 3 * hop:
+                        near.append(turns[other][1])
+                if near:
+                    out[(memory_id, hop)] = near
+    return out
 
 
 def _embed_query(embedder: Embedder, query: str) -> np.ndarray | None:
