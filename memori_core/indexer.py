@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ class EmbeddingIndexer:
         self._idle.set()
         self._lock = threading.Lock()
         self._lock_batch = threading.Lock()
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def notify(self) -> None:
@@ -98,27 +100,32 @@ class EmbeddingIndexer:
                 return False
         return False
 
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let the background thread finish its batch and exit (called at interpreter exit:
+        a native embedder killed mid-batch aborts the process)."""
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+
     def _run(self) -> None:
         backoff = 0.5
-        while True:
+        while not self._stopping.is_set():
             self._wake.wait()
             self._wake.clear()
-            while True:
+            while not self._stopping.is_set():
                 try:
                     done = self.run_once()
                 except StorageError:
                     log.warning("background embedding could not reach the store", exc_info=True)
-                    done = 0
-                    time.sleep(backoff)
+                    self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
                     break
                 except Exception:
-                    time.sleep(backoff)
+                    self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
-                    continue_after_failure = self.store.pending_embeddings(
-                        self.embedder.model_id, 1, MAX_ATTEMPTS
-                    )
-                    if not continue_after_failure:
+                    if not self.store.pending_embeddings(self.embedder.model_id, 1, MAX_ATTEMPTS):
                         break
                     continue
                 backoff = 0.5
@@ -129,6 +136,14 @@ class EmbeddingIndexer:
 
 _indexers: dict[tuple[int, int, int], EmbeddingIndexer] = {}
 _indexers_lock = threading.Lock()
+
+
+@atexit.register
+def _stop_all() -> None:
+    with _indexers_lock:
+        indexers = list(_indexers.values())
+    for indexer in indexers:
+        indexer.stop()
 
 
 def indexer_for(
