@@ -19,7 +19,7 @@ from llama_index.core.workflow import Context
 from workflows.context.serializers import JsonSerializer
 
 from memori_core import Memori
-from memori_llamaindex import MemoriMemory, MemoriMemoryBlock, session_uuid
+from memori_llamaindex import MemoriAgentWorkflow, MemoriMemory, MemoriMemoryBlock, session_uuid
 from memori_llamaindex.messages import message_text
 
 # llama-index's workflow machinery inspects agents with inspect.getmembers, which touches
@@ -265,3 +265,146 @@ async def test_memory_block_feeds_llama_index_memory(make_memori: Callable[..., 
     await agent.run(user_msg="Which seat do I like on flights?", memory=memory("trip-2"))
     assert "window seat" in script.system_text(-1)
     assert "<memori>" in script.system_text(-1)  # Memory's template names the block
+
+
+def _handoff(to_agent: str, call_id: str) -> ChatMessage:
+    return ChatMessage(
+        role="assistant",
+        blocks=[
+            ToolCallBlock(
+                tool_call_id=call_id,
+                tool_name="handoff",
+                tool_kwargs={"to_agent": to_agent, "reason": "their turn"},
+            )
+        ],
+    )
+
+
+async def test_workflow_agents_recall_and_record_under_their_own_process_ids(
+    db_url: str,
+) -> None:
+    ids = {"researcher": "research-agent", "writer": "writing-agent"}
+
+    def memory(session: str) -> MemoriMemory:
+        # embedder=None: the memory must be rebuildable from its fields alone (JSON round trip).
+        return MemoriMemory(
+            "dana",
+            "studio",
+            session_id=session,
+            database_url=db_url,
+            embedder=None,
+            agent_process_ids=ids,
+        )
+
+    research, writing = ScriptedLLM(), ScriptedLLM()
+    workflow = MemoriAgentWorkflow(
+        agents=[
+            _agent(research, "researcher", can_handoff_to=["writer"]),
+            _agent(writing, "writer", can_handoff_to=["researcher"]),
+        ],
+        root_agent="researcher",
+    )
+
+    # Run 1: the researcher (root) hears a fact.
+    research.replies.append("Noted.")
+    await workflow.run(user_msg="My project codename is BLUEBIRD.", memory=memory("s1"))
+
+    # Run 2: the researcher hands off to the writer; the context is then saved and restored.
+    ctx = Context(workflow)
+    research.replies.append(_handoff("writer", "h-1"))
+    writing.replies.append("Sure, let us draft.")
+    await workflow.run(user_msg="Please help me draft the intro.", memory=memory("s2"), ctx=ctx)
+    data = ctx.to_dict(serializer=JsonSerializer())
+    restored = Context.from_dict(workflow, data, serializer=JsonSerializer())
+    rebuilt = await restored.store.get("memory")
+    assert isinstance(rebuilt, MemoriMemory)
+    assert (rebuilt.agent_process_ids, rebuilt.active_agent) == (ids, "writer")
+
+    # Run 3, on the restored context: the writer still holds the floor and hears a fact.
+    calls_before = len(research.prompts)
+    writing.replies.append("Noted.")
+    await workflow.run(user_msg="I prefer British spelling in my drafts.", ctx=restored)
+    assert len(research.prompts) == calls_before  # the researcher did not run
+
+    # Run 4: a new conversation; the researcher takes it, then hands off to the writer.
+    research.replies.append(_handoff("writer", "h-2"))
+    writing.replies.append("Done.")
+    question = "Which codename and spelling should the report use?"
+    await workflow.run(user_msg=question, memory=memory("s3"))
+
+    seen_by_researcher = research.system_text(-1)
+    assert "BLUEBIRD" in seen_by_researcher
+    assert "British" not in seen_by_researcher
+    seen_by_writer = writing.all_text(-1)
+    assert "British spelling" in writing.system_text(-1)
+    assert "BLUEBIRD" not in seen_by_writer
+    assert question in seen_by_writer  # the transcript is shared: the handoff works
+
+    # What was stored: each agent's memories under its own process id, the transcript shared.
+    store = Memori(db_url, embedder=None)
+    research_facts = [r.text for r in store.scoped("dana", "research-agent").recall("codename")]
+    writing_facts = [r.text for r in store.scoped("dana", "writing-agent").recall("spelling")]
+    assert any("BLUEBIRD" in t for t in research_facts)
+    assert any("British" in t for t in writing_facts)
+    assert not any(
+        "British" in r.text
+        for r in store.scoped("dana", "research-agent").recall("British spelling drafts")
+    )
+    assert not any(
+        "BLUEBIRD" in r.text
+        for r in store.scoped("dana", "writing-agent").recall("project codename BLUEBIRD")
+    )
+    transcript = [message_text(m) for m in memory("s3").get_all()]
+    assert transcript[0] == question and transcript[-1] == "Done."
+    store.close()
+
+
+async def test_memori_agent_workflow_leaves_other_memories_alone(
+    memory_for: Callable[..., MemoriMemory],
+) -> None:
+    research, writing = ScriptedLLM(_handoff("writer", "h-1")), ScriptedLLM("Done.")
+    workflow = MemoriAgentWorkflow(
+        agents=[
+            _agent(research, "researcher", can_handoff_to=["writer"]),
+            _agent(writing, "writer"),
+        ],
+        root_agent="researcher",
+    )
+    result = await workflow.run(user_msg="Draft the intro please.")  # llama-index's own memory
+    assert str(result) == "Done."
+    assert "Draft the intro please." in writing.all_text(0)
+
+    # A MemoriMemory without agent_process_ids: one process id for the whole workflow.
+    memory = memory_for("erin", "studio")
+    research.replies.append(_handoff("writer", "h-2"))
+    await workflow.run(user_msg="My deadline is Friday.", memory=memory)
+    later = memory_for("erin", "studio")
+    research.replies.append(_handoff("writer", "h-3"))
+    await workflow.run(user_msg="When is my deadline?", memory=later)
+    assert "Friday" in research.system_text(-1) and "Friday" in writing.system_text(-1)
+
+
+async def test_a_reused_memory_records_each_run_for_the_agent_that_takes_it(
+    db_url: str,
+) -> None:
+    ids = {"researcher": "research-agent", "writer": "writing-agent"}
+    memory = MemoriMemory(
+        "gus", "studio", database_url=db_url, embedder=None, agent_process_ids=ids
+    )
+    research = ScriptedLLM(_handoff("writer", "h-1"), "Noted.")
+    writing = ScriptedLLM("On it.")
+    workflow = MemoriAgentWorkflow(
+        agents=[
+            _agent(research, "researcher", can_handoff_to=["writer"]),
+            _agent(writing, "writer"),
+        ],
+        root_agent="researcher",
+    )
+    await workflow.run(user_msg="Draft the intro please.", memory=memory)  # ends with the writer
+    # No context is kept, so the next run starts again at the root agent, the researcher.
+    await workflow.run(user_msg="My favourite tea is oolong.", memory=memory)
+
+    store = Memori(db_url, embedder=None)
+    assert any("oolong" in r.text for r in store.scoped("gus", "research-agent").recall("tea"))
+    assert not any("oolong" in r.text for r in store.scoped("gus", "writing-agent").recall("tea"))
+    store.close()

@@ -359,3 +359,118 @@ def test_import_guard_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert 'pip install "memori-core[llamaindex]"' in out.stdout
+
+
+# ---- per-agent memories in one shared memory (agent_process_ids) ----
+
+TEAM = {"a": "agent-a", "b": "agent-b"}
+
+
+def block_text(window: list[ChatMessage]) -> str:
+    head = window[0] if window else None
+    return message_text(head) if head is not None and head.role == "system" else ""
+
+
+def test_each_active_agent_recalls_and_records_under_its_own_process_id(
+    memory_for: Callable[..., MemoriMemory],
+) -> None:
+    shared = memory_for("u1", "team", agent_process_ids=TEAM)
+    shared.activate_agent("a")
+    shared.put_messages([user("My favourite colour is teal."), assistant("Teal it is.")])
+    shared.activate_agent("b")
+    shared.put(user("My dog is called Rex."))
+    # One shared transcript, whoever spoke.
+    assert [t for _, t in texts(shared.get_all())] == [
+        "My favourite colour is teal.",
+        "Teal it is.",
+        "My dog is called Rex.",
+    ]
+
+    later = memory_for("u1", "team", agent_process_ids=TEAM)  # a new conversation
+    query = "What is my favourite colour and what is my dog called?"
+    later.activate_agent("a")
+    seen_by_a = block_text(later.get(input=query))
+    later.activate_agent("b")
+    seen_by_b = block_text(later.get(input=query))
+    later.activate_agent(None)  # the workflow's own process id: the whole shared transcript
+    seen_by_team = block_text(later.get(input=query))
+
+    assert "teal" in seen_by_a and "Rex" not in seen_by_a
+    assert "Rex" in seen_by_b and "teal" not in seen_by_b
+    assert "teal" in seen_by_team and "Rex" in seen_by_team
+
+
+def test_an_agents_private_copies_in_view_are_not_recalled_back(
+    memory_for: Callable[..., MemoriMemory],
+) -> None:
+    memory = memory_for("u1", "team", agent_process_ids=TEAM)
+    memory.activate_agent("a")
+    memory.put(user("My favourite colour is teal."))
+    # The model already sees the message; its agent's copy must not come back as a "memory".
+    window = memory.get(input="What is my favourite colour?")
+    assert texts(window) == [("user", "My favourite colour is teal.")]
+
+
+def test_a_handoff_records_the_user_message_once_for_the_new_agent(
+    memory_for: Callable[..., MemoriMemory],
+) -> None:
+    memory = memory_for("u1", "team", agent_process_ids=TEAM)
+    memory.activate_agent("a")
+    memory.put(user("My email is rex@example.org, please book the vet."))
+    memory.activate_agent("b", handoff=True)
+    memory.activate_agent("b", handoff=True)  # the same agent again: nothing new to record
+
+    agent_b = memory.memori.scoped("u1", "agent-b")
+    [session] = agent_b.sessions()
+    assert [m.content for m in agent_b.messages(session.id)] == [
+        "My email is rex@example.org, please book the vet."
+    ]
+    assert agent_b.recall("email")  # memories are made from it under agent-b
+
+
+def test_reset_also_forgets_the_agents_private_copies(
+    memory_for: Callable[..., MemoriMemory],
+) -> None:
+    memory = memory_for("u1", "team", agent_process_ids=TEAM)
+    memory.activate_agent("a")
+    memory.put(user("My favourite colour is teal."))
+    memory.reset()
+    assert memory.get_all() == []
+    assert memory.memori.scoped("u1", "agent-a").recall("favourite colour") == []
+
+
+def test_agent_fields_survive_a_rebuild_and_are_validated(db_url: str) -> None:
+    memory = MemoriMemory("u1", "team", database_url=db_url, embedder=None, agent_process_ids=TEAM)
+    memory.activate_agent("b")
+    rebuilt = MemoriMemory.model_validate(memory.model_dump())
+    assert (rebuilt.agent_process_ids, rebuilt.active_agent) == (TEAM, "b")
+
+    with pytest.raises(ValidationError) as err:
+        MemoriMemory("u1", "team", database_url=db_url, agent_process_ids={"a": ""})
+    assert isinstance(err.value.errors()[0]["ctx"]["error"], InvalidScopeError)
+
+
+async def test_agent_switching_is_the_same_sync_and_async(
+    memory_for: Callable[..., MemoriMemory],
+) -> None:
+    sync = memory_for("u1", "team", agent_process_ids=TEAM)
+    sync.activate_agent("a")
+    sync.put(user("My favourite colour is teal."))
+    sync.activate_agent("b", handoff=True)
+    sync.put(assistant("I will remember that."))
+
+    other = memory_for("u2", "team", agent_process_ids=TEAM)
+    await other.aactivate_agent("a")
+    await other.aput(user("My favourite colour is teal."))
+    await other.aactivate_agent("b", handoff=True)
+    await other.aput(assistant("I will remember that."))
+
+    for name in ("a", "b"):
+        fresh_sync = memory_for("u1", "team", agent_process_ids=TEAM, active_agent=name)
+        fresh_async = memory_for("u2", "team", agent_process_ids=TEAM, active_agent=name)
+        window = fresh_sync.get(input="favourite colour")
+        assert texts(await fresh_async.aget(input="favourite colour")) == texts(window)
+        assert "teal" in block_text(window)
+    await other.areset()
+    assert await other.aget_all() == []
+    assert other.memori.scoped("u2", "agent-b").recall("favourite colour") == []
