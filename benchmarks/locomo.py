@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/locomo.py ../shared/data/locomo10.json [--baselines]
         [--limit-conversations N] [--embedder default|none] [--out benchmarks/results/locomo.json]
+        [--db-dir DIR] [--ranking FIELD=VALUE ...] [--dump FILE] [--skip-tokens]
 
 Each conversation gets a fresh SQLite file; entity = the conversation, each LoCoMo session is
 recorded as its own session at its real date, every turn as
@@ -10,6 +11,10 @@ categories 1-4 (official ids: 1 multi-hop, 2 temporal, 3 open-domain, 4 single-h
 is the query of `recall(limit=10)`; recalled memories map back to turns through
 `Recalled.source_message_ids`. R@k counts the evidence turns covered by the first k recalled
 memories (what a caller with `limit=k` gets), averaged over questions.
+
+For iterating on the ranking: `--db-dir` keeps the databases and reuses them on the next run
+(recall only), `--ranking` overrides a `RankingConfig` field, `--dump` writes every question's
+ranking, `--skip-tokens` leaves out the injected-block measure (it recalls twice more).
 
 `--baselines` ranks the raw turns in the same process with BM25 (SQLite FTS5), dense cosine with
 the same MiniLM embedder, and their reciprocal-rank fusion (k=60), and prints ratios.
@@ -36,7 +41,7 @@ import numpy as np
 
 from memori_core import Memori, Message
 from memori_core.embedding import resolve_embedder
-from memori_core.recall import estimate_tokens
+from memori_core.recall import RankingConfig, estimate_tokens
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
 KS = (1, 5, 10)
@@ -154,11 +159,26 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def run_memori(
-    conv: Conversation, embedder: str | None, workdir: Path, scores: Scores, timing: dict[str, Any]
+    conv: Conversation,
+    embedder: str | None,
+    workdir: Path,
+    scores: Scores,
+    timing: dict[str, Any],
+    ranking: RankingConfig | None = None,
 ) -> None:
-    url = f"sqlite:///{workdir / (conv.sample_id + '.db')}"
-    mem = Memori(url, embedder=embedder).attribution(entity_id=conv.sample_id)
+    db_path = workdir / (conv.sample_id + ".db")
+    mapping_path = workdir / (conv.sample_id + ".dia.json")
+    reuse = db_path.exists() and mapping_path.exists()
+    mem = Memori(f"sqlite:///{db_path}", embedder=embedder, ranking=ranking).attribution(
+        entity_id=conv.sample_id
+    )
     dia_of: dict[int, str] = {}
+    if reuse:
+        # A database kept by an earlier run (--db-dir): recall only, ingest is not re-measured.
+        dia_of = {int(k): v for k, v in json.loads(mapping_path.read_text()).items()}
+        timing["reused"] = True
+        _ask(mem, conv, dia_of, scores, timing)
+        return
     start = time.perf_counter()
     for _, when, turns in conv.sessions:
         mem.new_session()
@@ -176,15 +196,34 @@ def run_memori(
     timing["ingest_s"] += done - start
     timing["turns"] += len(dia_of)
     timing["memories"] += mem._store.counts()["memories"]
+    mapping_path.write_text(json.dumps(dia_of))
+    _ask(mem, conv, dia_of, scores, timing)
 
+
+def _ask(
+    mem: Memori, conv: Conversation, dia_of: dict[int, str], scores: Scores, timing: dict[str, Any]
+) -> None:
     for question in conv.questions:
         t0 = time.perf_counter()
         recalled = mem.recall(question.text, limit=10)
         timing["latencies_ms"].append((time.perf_counter() - t0) * 1000)
         ranked = [[dia_of[i] for i in r.source_message_ids if i in dia_of] for r in recalled]
         row = measure(ranked, question.evidence)
-        row["tokens"] = float(estimate_tokens(mem.context(question.text)))
-        row["tokens_limit10"] = float(estimate_tokens(mem.context(question.text, limit=10)))
+        if timing["dump"] is not None:
+            timing["dump"].append(
+                {
+                    "conversation": conv.sample_id,
+                    "question": question.text,
+                    "category": question.category,
+                    "evidence": question.evidence,
+                    "ranked": ranked,
+                }
+            )
+        if timing["skip_tokens"]:
+            row["tokens"] = row["tokens_limit10"] = 0.0
+        else:
+            row["tokens"] = float(estimate_tokens(mem.context(question.text)))
+            row["tokens_limit10"] = float(estimate_tokens(mem.context(question.text, limit=10)))
         row["results"] = float(len(recalled))
         scores.add(question.category, row)
 
@@ -199,7 +238,7 @@ def bm25_rankings(texts: list[str], queries: list[str], depth: int) -> list[list
         "CREATE VIRTUAL TABLE t USING fts5(text, tokenize='porter unicode61 remove_diacritics 2')"
     )
     db.executemany("INSERT INTO t(rowid, text) VALUES (?, ?)", list(enumerate(texts)))
-    out = []
+    out: list[list[int]] = []
     for query in queries:
         terms = list(dict.fromkeys(w.lower() for w in _WORD.findall(query)))
         if not terms:
@@ -272,7 +311,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "locomo.json"
     )
+    parser.add_argument(
+        "--db-dir",
+        type=Path,
+        default=None,
+        help="keep the databases here and reuse them on the next run (recall only, for "
+        "iterating on the ranking; ingest time is then not measured)",
+    )
+    parser.add_argument(
+        "--dump", type=Path, default=None, help="write every question's ranking here (JSON)"
+    )
+    parser.add_argument(
+        "--skip-tokens", action="store_true", help="do not measure the injected block (faster)"
+    )
+    parser.add_argument(
+        "--ranking",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a RankingConfig field (repeatable), for measuring alternatives",
+    )
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.ranking:
+        name, _, value = item.partition("=")
+        current = getattr(RankingConfig(), name)
+        overrides[name] = type(current)(value) if not isinstance(current, bool) else value == "1"
+    ranking = RankingConfig(**overrides)
 
     conversations = load(args.data, args.limit_conversations)
     embedder = None if args.embedder == "none" else "default"
@@ -284,10 +349,16 @@ def main(argv: list[str] | None = None) -> int:
         "turns": 0,
         "memories": 0,
         "latencies_ms": [],
+        "dump": [] if args.dump is not None else None,
+        "skip_tokens": args.skip_tokens,
     }
     with tempfile.TemporaryDirectory(prefix="memori-locomo-") as tmp:
+        workdir = Path(tmp)
+        if args.db_dir is not None:
+            workdir = args.db_dir / args.embedder
+            workdir.mkdir(parents=True, exist_ok=True)
         for conv in conversations:
-            run_memori(conv, embedder, Path(tmp), scores, timing)
+            run_memori(conv, embedder, workdir, scores, timing, ranking)
             if args.baselines:
                 run_baselines(conv, baselines)
             print(
@@ -304,9 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         table[key]["tokens_p95"] = percentile(tokens, 95)
         table[key]["tokens_limit10_p50"] = float(np.median([r["tokens_limit10"] for r in rows]))
     latencies = timing.pop("latencies_ms")
+    dump = timing.pop("dump")
+    timing.pop("skip_tokens")
+    if args.dump is not None:
+        args.dump.write_text(json.dumps(dump) + "\n")
     timing["recall_p50_ms"] = round(percentile(latencies, 50), 2)
     timing["recall_p95_ms"] = round(percentile(latencies, 95), 2)
-    timing["ingest_turns_per_s"] = round(timing["turns"] / timing["ingest_s"], 1)
+    timing["ingest_turns_per_s"] = (
+        round(timing["turns"] / timing["ingest_s"], 1) if timing["ingest_s"] else None
+    )
     timing["record_s"] = round(timing["record_s"], 2)
     timing["ingest_s"] = round(timing["ingest_s"], 2)
 
@@ -317,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "turn_text": "text + ' [blip_caption]' for photo turns; stored as 'speaker: text'",
         "conversations": len(conversations),
         "embedder": args.embedder,
+        "ranking": {k: getattr(ranking, k) for k in ranking.__dataclass_fields__},
         "machine": {"python": platform.python_version(), "cpu": platform.processor()},
         "memori": table,
         "timing": timing,

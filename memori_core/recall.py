@@ -6,7 +6,10 @@ Why this shape (measured on LoCoMo, see benchmarks/README.md): mixing the two sc
 how far ahead a strong lexical match is, which reciprocal-rank fusion throws away; function
 words in a question only add noise to the lexical query; and a turn is often understood only
 with its neighbours ("Yeah, glad to be part of it." answers the turn before it), so a turn
-next to a strong match inherits part of that match's relevance.
+next to a strong match inherits part of that match's relevance, and a session holding a strong
+match lends its other turns part of it. A query that names a speaker favours that speaker's
+turns, one that names a date or month favours what was said around then, and a turn of a few
+words (a pleasantry, an aside) counts for less than one that tells something.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -53,8 +56,14 @@ class RankingConfig:
 
     Relevance = `lexical_weight` x (bm25 / best bm25) + `dense_weight` x (cosine / best cosine),
     the weights scaled to sum to 1 over the legs that ran; a turn then gains `neighbour_weight`
-    of its best adjacent turn's relevance (`second_neighbour_weight` two turns away). Recency and
-    salience are small nudges on top.
+    of its best adjacent turn's relevance (`second_neighbour_weight` two turns away) and
+    `session_weight` of the best turn of its session. When the query names a speaker of the
+    conversation, turns of other speakers keep `other_speaker_factor` of their relevance; when
+    it names a date or month, memories from outside that span (widened by `period_days_before`
+    and `period_days_after`, since people tell of things days after and plan them weeks ahead)
+    keep `outside_period_factor`. 1.0 switches either off. An episodic turn shorter than
+    `short_turn_words` words keeps (words / short_turn_words) ** `short_turn_power` of its
+    relevance (0 switches this off). Recency and salience are small nudges on top.
     """
 
     lexical_weight: float = 0.5
@@ -66,8 +75,15 @@ class RankingConfig:
     recency_weight: float = 0.05
     salience_weight: float = 0.05
     recency_half_life_days: float = 30.0
+    session_weight: float = 0.5
+    other_speaker_factor: float = 0.7
+    outside_period_factor: float = 0.5
+    period_days_before: float = 7.0
+    period_days_after: float = 30.0
     candidates: int = 100
     duplicate_jaccard: float = 0.9
+    short_turn_words: int = 40
+    short_turn_power: float = 0.2
 
 
 def estimate_tokens(text: str) -> int:
@@ -157,6 +173,31 @@ def rank(
         )
     )
     neighbours = _neighbours(rows.values())
+    # A session that holds a strong match is about the query's topic: its other turns (the
+    # details around the match, often worded differently) gain part of that match.
+    session_best: dict[str | None, tuple[float, float]] = {}
+    if config.session_weight > 0:
+        for memory_id, row in rows.items():
+            parts_here = parts_of[memory_id]
+            known = session_best.get(row.session_id)
+            if row.session_id is not None and (known is None or sum(parts_here) > sum(known)):
+                session_best[row.session_id] = (parts_here[0], parts_here[1])
+    # "What does Melanie do?" is answered by what Melanie said far more often than by what was
+    # said to her; the others' turns still lift her answers as neighbours, then count less.
+    speaker_of = {m: _speaker(row) for m, row in rows.items()}
+    query_words = set(_WORD.findall(query.lower()))
+    # Memories carry the time they were said: "in August 2023" favours what was said then.
+    period = query_period(query) if config.outside_period_factor != 1.0 else None
+    if period is not None:
+        period = (
+            period[0] - config.period_days_before * 86400.0,
+            period[1] + config.period_days_after * 86400.0,
+        )
+    named = {
+        name
+        for name in set(speaker_of.values())
+        if name is not None and name.lower().split()[0] in query_words
+    }
 
     current = time.time() if now is None else now
     half_life = config.recency_half_life_days * 86400.0
@@ -172,8 +213,27 @@ def rank(
                 best_lexical, best_dense = max(near, key=sum)
                 lexical_part += weight * best_lexical
                 dense_part += weight * best_dense
+        if row.session_id in session_best:
+            best_lexical, best_dense = session_best[row.session_id]
+            lexical_part += config.session_weight * best_lexical
+            dense_part += config.session_weight * best_dense
         if lexical_part + dense_part <= 0 and memory_id not in candidate_set:
             continue  # a probed row that nothing relevant sits next to
+        if named and speaker_of[memory_id] is not None and speaker_of[memory_id] not in named:
+            lexical_part *= config.other_speaker_factor
+            dense_part *= config.other_speaker_factor
+        # "Thanks, sounds great!" rarely holds what a question asks for, yet BM25's length
+        # normalisation and the neighbour lift push such turns up. Facts are short on purpose
+        # (one extracted statement), so only turns are judged by length.
+        if config.short_turn_words > 0 and row.kind == "event":
+            word_count = len(row.text.split())
+            if word_count < config.short_turn_words:
+                length = (word_count / config.short_turn_words) ** config.short_turn_power
+                lexical_part *= length
+                dense_part *= length
+        if period is not None and not period[0] <= row.created_at < period[1]:
+            lexical_part *= config.outside_period_factor
+            dense_part *= config.outside_period_factor
         age = max(0.0, current - row.created_at)
         recency = config.recency_weight * 0.5 ** (age / half_life)
         salience = config.salience_weight * min(1.0, row.salience + 0.05 * (row.times_seen - 1))
@@ -258,6 +318,74 @@ class _DenseScores:
             return [int(i) for i in self.ids]
         best = np.argpartition(-self.similarities, n)[:n]
         return [int(i) for i in self.ids[best]]
+
+
+_MONTHS = {
+    name: number
+    for number, names in enumerate(
+        (
+            ("january", "jan"),
+            ("february", "feb"),
+            ("march", "mar"),
+            ("april", "apr"),
+            ("may",),
+            ("june", "jun"),
+            ("july", "jul"),
+            ("august", "aug"),
+            ("september", "sep", "sept"),
+            ("october", "oct"),
+            ("november", "nov"),
+            ("december", "dec"),
+        ),
+        start=1,
+    )
+    for name in names
+}
+_ORDINAL = r"(\d{1,2})(?:st|nd|rd|th)?"
+_MONTH = "(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DATE = re.compile(
+    rf"\b(?:{_ORDINAL}\s+(?:of\s+)?)?{_MONTH}(?:\s+{_ORDINAL})?,?\s+((?:19|20)\d\d)\b"
+    r"|\b((?:19|20)\d\d)-(\d\d)-(\d\d)\b",
+    re.IGNORECASE,
+)
+
+
+def query_period(query: str) -> tuple[float, float] | None:
+    """The span of time a query names ("in August 2023", "on 10 April 2022", "2023-08-14"),
+    as UTC timestamps [start, end), or None. Several dates give the span covering them all."""
+    spans: list[tuple[datetime, datetime]] = []
+    for match in _DATE.finditer(query):
+        day_before, month_name, day_after, year, iso_year, iso_month, iso_day = match.groups()
+        try:
+            if iso_year is not None:
+                start = datetime(int(iso_year), int(iso_month), int(iso_day), tzinfo=UTC)
+                spans.append((start, start + timedelta(days=1)))
+                continue
+            month = _MONTHS[month_name.lower()]
+            day = day_before or day_after
+            if day is not None:
+                start = datetime(int(year), month, int(day), tzinfo=UTC)
+                spans.append((start, start + timedelta(days=1)))
+            else:
+                start = datetime(int(year), month, 1, tzinfo=UTC)
+                end = datetime(int(year) + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+                spans.append((start, end))
+        except ValueError:  # "31 February 2023"
+            continue
+    if not spans:
+        return None
+    return min(s for s, _ in spans).timestamp(), max(e for _, e in spans).timestamp()
+
+
+_SPEAKER = re.compile(r"([A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,3}): ")
+
+
+def _speaker(row: MemoryRow) -> str | None:
+    """Who said an episodic turn (the "Name: text" the episodic memory carries), else None."""
+    if row.kind != "event":
+        return None
+    match = _SPEAKER.match(row.text)
+    return match.group(1) if match else None
 
 
 def _visible(row: MemoryRow, scope: Scope, share_across_processes: bool) -> bool:

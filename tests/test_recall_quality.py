@@ -1,16 +1,19 @@
 """Recall quality the LoCoMo benchmark measured, pinned on small made-up conversations.
 
-Each test is a case the previous ranking got wrong: a reply that only makes sense next to the
-question it answers, a question whose function words matched every distractor, and the
+Each test is a case an earlier ranking got wrong: a reply that only makes sense next to the
+question it answers, a question whose function words matched every distractor, a question about
+one speaker answered by the other's wordier turn, a month named in the question, a short aside
+outranking the turn that tells something, a detail found only through its session; and the
 neighbour probing that must never cross entities or processes.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from memori_core import Memori, Message
-from memori_core.recall import lexical_terms
+from memori_core.recall import lexical_terms, query_period
 from memori_core.testing import HashEmbedder
 
 DISTRACTORS = [
@@ -85,3 +88,95 @@ def test_neighbours_never_cross_entities_or_processes(tmp_path: Path) -> None:
     assert len(recalled) == 6
     assert all(r.text.startswith("ana chat turn") for r in recalled)
     assert all(r.text.startswith("bob secret") for r in bob.recall("sailing trip", limit=20))
+
+
+def test_a_named_speaker_is_answered_by_their_own_turns(tmp_path: Path) -> None:
+    # Ben's turn says "Ana" and "cook" more often than Ana's own answer; the question is about
+    # what Ana cooks, which Ana said.
+    mem = Memori(f"sqlite:///{tmp_path}/m.db", embedder=None).attribution("chat")
+    _chat(mem, [("Ben", d) for d in DISTRACTORS])
+    _chat(
+        mem,
+        [
+            ("Ben", "Ana, I cook lasagna and I cook it for Ana every Sunday."),
+            ("Ana", "I cook a green curry when friends come over."),
+        ],
+    )
+    mem.new_session()
+    _chat(mem, [("Ben", d) for d in DISTRACTORS])
+    top = mem.recall("What does Ana cook?", limit=1)
+    assert [r.text for r in top] == ["Ana: I cook a green curry when friends come over."]
+
+
+def test_a_month_in_the_query_favours_what_was_said_then(tmp_path: Path) -> None:
+    mem = Memori(f"sqlite:///{tmp_path}/m.db", embedder=None).attribution("ana")
+    for text, when in (
+        ("I went hiking by the lake.", datetime(2023, 8, 12, 10, tzinfo=UTC)),
+        ("I went hiking, hiking all day in the hills.", datetime(2023, 3, 10, 10, tzinfo=UTC)),
+    ):
+        mem.new_session()
+        mem.record([Message(role="user", content=text, name="Ana")], at=when)
+        mem.new_session()
+        mem.record([Message(role="user", content=d, name="Ana") for d in DISTRACTORS], at=when)
+    assert [r.text for r in mem.recall("Where did Ana go hiking in August 2023?", limit=1)] == [
+        "Ana: I went hiking by the lake."
+    ]
+    assert [r.text for r in mem.recall("Where did Ana go hiking in March 2023?", limit=1)] == [
+        "Ana: I went hiking, hiking all day in the hills."
+    ]
+
+
+def test_query_period_reads_dates_and_months() -> None:
+    def days(query: str) -> tuple[str, str] | None:
+        span = query_period(query)
+        if span is None:
+            return None
+        start, end = (datetime.fromtimestamp(t, UTC).date().isoformat() for t in span)
+        return start, end
+
+    assert days("What did I do in the last two weeks of August 2023?") == (
+        "2023-08-01",
+        "2023-09-01",
+    )
+    assert days("How was John feeling on April 10, 2022?") == ("2022-04-10", "2022-04-11")
+    assert days("on the 3rd of May, 2021") == ("2021-05-03", "2021-05-04")
+    assert days("between 2023-08-14 and Dec 2023") == ("2023-08-14", "2024-01-01")
+    assert days("When did we go hiking?") is None
+    assert days("may I ask about 31 February 2023") is None
+
+
+def test_a_turn_that_says_something_outranks_a_short_aside(tmp_path: Path) -> None:
+    # BM25 favours short texts: "Concert tonight?" matches "concert" more densely than the turn
+    # that tells what happened there. The turn that carries the content should come first.
+    mem = Memori(f"sqlite:///{tmp_path}/m.db", embedder=None).attribution("ana")
+    told = (
+        "The concert was lovely: the choir sang for three hours, and after the concert we "
+        "walked home along the river."
+    )
+    _chat(mem, [("Ben", d) for d in DISTRACTORS[:3]] + [("Ana", told)])
+    mem.new_session()
+    _chat(mem, [("Ben", "Concert tonight?")] + [("Ben", d) for d in DISTRACTORS[3:]])
+    top = mem.recall("What happened at the concert?", limit=1)
+    assert [r.text for r in top] == [f"Ana: {told}"]
+
+
+def test_a_detail_is_found_through_the_session_it_belongs_to(tmp_path: Path) -> None:
+    # The session that opens with the temples of Kyoto holds the answer turns later, beyond the
+    # neighbour lift; a same-worded turn of an unrelated session must not outrank it.
+    mem = Memori(f"sqlite:///{tmp_path}/m.db", embedder=None).attribution("ana")
+    _chat(
+        mem,
+        [("Ben", "Tell me about the temples in Kyoto!")]
+        + [("Ben", d) for d in DISTRACTORS[:4]]
+        + [("Ana", "The temples were so beautiful.")],
+    )
+    mem.new_session()
+    _chat(
+        mem,
+        [("Ben", d) for d in DISTRACTORS[4:]] + [("Ana", "The temples there were beautiful.")],
+    )
+    texts = [r.text for r in mem.recall("What did Ana think of the temples in Kyoto?", limit=3)]
+    assert "Ana: The temples were so beautiful." in texts
+    assert texts.index("Ana: The temples were so beautiful.") < texts.index(
+        "Ana: The temples there were beautiful."
+    )
