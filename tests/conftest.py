@@ -4,12 +4,17 @@ loopback, where `.ci/run` starts the database servers the contract tests use."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A test that forgets its database_url must not write into the developer's real data dir.
+os.environ.setdefault(
+    "MEMORI_DATABASE_URL", f"sqlite:///{tempfile.mkdtemp(prefix='memori-tests-')}/default.db"
+)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from memori_core import Memori
