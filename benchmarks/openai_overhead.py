@@ -1,7 +1,7 @@
 """Added latency of a registered OpenAI client over the bare client (mock transport, no network).
 
     .venv/bin/python benchmarks/openai_overhead.py [--memories 10000] [--calls 300]
-        [--embedder default|hash|none] [--out benchmarks/results/openai_overhead.json]
+        [--embedder default|hash|none] [--seed-db PATH] [--out benchmarks/results/openai_overhead.json]
 
 The entity gets `--memories` memories first (recorded turns, embedded before timing starts).
 Then the same `chat.completions.create` call is made on a bare client and on a registered one,
@@ -27,6 +27,7 @@ import asyncio
 import json
 import platform
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -120,6 +121,12 @@ def populate(mem: Memori, memories: int, rng: random.Random) -> int:
     return made
 
 
+def _copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a live WAL database (a file copy could miss the WAL's pages)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -152,12 +159,23 @@ async def _atime(call: Callable[[], Awaitable[Any]]) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(7)
     tmp = Path(tempfile.mkdtemp(prefix="memori-bench-"))
-    url = f"sqlite:///{tmp / 'bench.db'}"
+    db = tmp / "bench.db"
+    seed = Path(args.seed_db) if args.seed_db else None
+    if seed is not None and seed.exists():
+        # A copy: the timed calls record turns, and every run should start from the same store.
+        _copy_sqlite(seed, db)
+    url = f"sqlite:///{db}"
     embedder = _embedder(args.embedder)
     mem = Memori(url, embedder=embedder)
     mem.attribution(entity_id="bench-user", process_id="bench")
     t0 = time.perf_counter()
-    memories = populate(mem, args.memories, rng)
+    if seed is not None and seed.exists():
+        memories = len(mem._ready().list_memories(mem.scope, share_across_processes=False))
+        mem.flush()
+    else:
+        memories = populate(mem, args.memories, rng)
+        if seed is not None:
+            _copy_sqlite(db, seed)
     populate_s = time.perf_counter() - t0
 
     bare, registered = _client(), _client()
@@ -289,6 +307,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--embedder", choices=["default", "hash", "none"], default="default")
+    parser.add_argument(
+        "--seed-db",
+        help="populate this SQLite file once and start every later run from a copy of it",
+    )
     parser.add_argument("--out", default="benchmarks/results/openai_overhead.json")
     args = parser.parse_args()
     report = run(args)
