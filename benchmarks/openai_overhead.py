@@ -1,7 +1,8 @@
 """Added latency of a registered OpenAI client over the bare client (mock transport, no network).
 
     .venv/bin/python benchmarks/openai_overhead.py [--memories 10000] [--calls 300]
-        [--embedder default|hash|none] [--seed-db PATH] [--out benchmarks/results/openai_overhead.json]
+        [--embedder default|hash|none] [--seed-db PATH]
+        [--out benchmarks/results/openai_overhead.json]
 
 The entity gets `--memories` memories first (recorded turns, embedded before timing starts).
 Then the same `chat.completions.create` call is made on a bare client and on a registered one,
@@ -62,6 +63,9 @@ _VERBS = ["I love", "I am worried about", "remind me about", "I keep thinking ab
 
 
 def _reply(request: httpx2.Request) -> httpx2.Response:
+    # A reply that differs per call, as a model's does: nothing downstream (the embedding
+    # cache, dedupe) gets to reuse work because the benchmark repeats itself.
+    asked = json.loads(request.content)["messages"][-1]["content"]
     return httpx2.Response(
         200,
         json={
@@ -73,7 +77,10 @@ def _reply(request: httpx2.Request) -> httpx2.Response:
                 {
                     "index": 0,
                     "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": "Noted, thanks for telling me."},
+                    "message": {
+                        "role": "assistant",
+                        "content": f"Noted, I will keep that in mind: {asked[::-1]}",
+                    },
                 }
             ],
         },

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -157,7 +158,15 @@ def resolve_embedder(spec: object) -> Embedder | None:
 
 
 class _LazyEmbedder:
-    """Loads the model on first use, so constructing `Memori()` stays cheap."""
+    """Loads the model on first use, so constructing `Memori()` stays cheap, and remembers the
+    vectors of recently embedded texts.
+
+    The cache pays off on the common path: a user's message is embedded as the recall query
+    before the model call, then stored as a memory whose text is that same message; the
+    background indexer then finds its vector here instead of running the model again.
+    """
+
+    cache_size = 1024
 
     def __init__(self, factory: Any, model_id: str, dimension: int) -> None:
         self._factory = factory
@@ -165,8 +174,32 @@ class _LazyEmbedder:
         self.dimension = dimension
         self._inner: Embedder | None = None
         self._lock = threading.Lock()
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        missing: list[int] = []
+        with self._recent_lock:
+            for i, text in enumerate(texts):
+                known = self._recent.get(text)
+                if known is None:
+                    missing.append(i)
+                else:
+                    self._recent.move_to_end(text)
+                    out[i] = known
+        if not missing:
+            return out
+        fresh = np.asarray(self._model().embed([texts[i] for i in missing]), dtype=np.float32)
+        out[missing] = fresh
+        with self._recent_lock:
+            for i, vector in zip(missing, fresh, strict=True):
+                self._recent[texts[i]] = vector
+            while len(self._recent) > self.cache_size:
+                self._recent.popitem(last=False)
+        return out
+
+    def _model(self) -> Embedder:
         inner = self._inner
         if inner is None:
             with self._lock:
@@ -174,4 +207,4 @@ class _LazyEmbedder:
                     self._inner = self._factory()
                 inner = self._inner
         assert inner is not None
-        return inner.embed(texts)
+        return inner

@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 BATCH = 64
+# Embedding holds a core for milliseconds and its Python steps contend for the GIL with the
+# app's own calls; waiting for writes to pause batches the work and keeps it out of the way
+# of a conversation's next call, bounded so memories still become searchable by meaning soon.
+SETTLE_SECONDS = 0.05
+MAX_DELAY_SECONDS = 1.0
 
 
 class EmbeddingIndexer:
@@ -114,6 +119,7 @@ class EmbeddingIndexer:
         while not self._stopping.is_set():
             self._wake.wait()
             self._wake.clear()
+            self._settle()
             while not self._stopping.is_set():
                 try:
                     done = self.run_once()
@@ -132,6 +138,15 @@ class EmbeddingIndexer:
                 if done == 0:
                     break
             self._idle.set()
+
+    def _settle(self) -> None:
+        """Return once no write has come for `SETTLE_SECONDS`, or `MAX_DELAY_SECONDS` passed."""
+        deadline = time.monotonic() + MAX_DELAY_SECONDS
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._wake.wait(min(SETTLE_SECONDS, left)):
+                return
+            self._wake.clear()
 
 
 _indexers: dict[tuple[int, int, int], EmbeddingIndexer] = {}

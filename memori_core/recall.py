@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -113,20 +116,35 @@ def rank(
     vector_index: VectorIndex | None = None,
 ) -> list[Recalled]:
     """The `limit` best memories of `scope` for `query`, each with its score parts."""
-    terms = lexical_terms(query)
-    lexical = (
-        store.lexical_search(scope, " ".join(terms), config.candidates, share_across_processes)
-        if terms
-        else []
+    # The query's embedding (the slowest step) runs on another core while the lexical leg
+    # and the vector cache refresh run here: ONNX inference and SQLite release the GIL.
+    pending = (
+        _query_pool().submit(_embed_query, embedder, query)
+        if embedder is not None and query.strip() and OVERLAP_QUERY_EMBEDDING[0]
+        else None
     )
+    try:
+        terms = lexical_terms(query)
+        lexical = (
+            store.lexical_search(scope, " ".join(terms), config.candidates, share_across_processes)
+            if terms
+            else []
+        )
+        scope_ids, scope_matrix = (
+            store.scope_vectors(scope, embedder.model_id, share_across_processes)
+            if embedder is not None and vector_index is None
+            else (None, None)
+        )
+    finally:
+        vector = pending.result() if pending is not None else None
+    if pending is None and embedder is not None and query.strip():
+        vector = _embed_query(embedder, query)
     dense = _DenseScores.empty()
-    vector = _embed_query(embedder, query) if embedder is not None and query.strip() else None
     if embedder is not None and vector is not None:
         if vector_index is None:
             # Every vector of the scope is at hand: neighbours get their exact similarity.
-            ids, matrix = store.scope_vectors(scope, embedder.model_id, share_across_processes)
-            if matrix is not None:
-                dense = _DenseScores(np.asarray(ids, dtype=np.int64), matrix @ vector)
+            if scope_ids is not None and scope_matrix is not None:
+                dense = _DenseScores(scope_ids, scope_matrix @ vector)
         else:
             hits = store.dense_search(
                 scope,
@@ -422,6 +440,21 @@ def _neighbours(rows: Iterable[MemoryRow]) -> dict[tuple[int, int], list[int]]:
                 if near:
                     out[(memory_id, hop)] = near
     return out
+
+
+# A list so benchmarks can switch it off to measure what the overlap is worth.
+OVERLAP_QUERY_EMBEDDING = [True]
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _query_pool() -> ThreadPoolExecutor:
+    """Threads that embed queries, made on first use (and again in a forked child)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="memori-query"))
+        return _pool[1]
 
 
 def _embed_query(embedder: Embedder, query: str) -> np.ndarray | None:

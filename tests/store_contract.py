@@ -274,6 +274,20 @@ class StoreContract:
         assert again.sessions() == [] and again.recall("Oslo skiing") == []
         assert kept.recall("Oslo")
 
+    def test_a_forgotten_memory_never_returns_under_a_reused_id(
+        self, new: MemoriFactory, user: str
+    ) -> None:
+        # SQLite hands a deleted highest rowid to the next insert; rows recalled before are
+        # cached in this process and must not be served for the new row that took their id.
+        gone = new().attribution(user, "a")
+        gone.record([{"role": "user", "content": "My locker code is 4417."}])
+        assert [r.text for r in gone.recall("locker code")] == ["My locker code is 4417."]
+        new().forget(user)
+        other = new().attribution(user + "-next", "a")
+        other.record([{"role": "user", "content": "I bought a locker for my bike."}])
+        assert [r.text for r in other.recall("locker")] == ["I bought a locker for my bike."]
+        assert new().attribution(user, "a").recall("locker code") == []
+
     # -- bad input and failure -------------------------------------------------------------------
 
     def test_bad_input_raises_typed_errors_and_writes_nothing(

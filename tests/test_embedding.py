@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
-from memori_core.embedding import MiniLMEmbedder, check_vectors, resolve_embedder
+from memori_core.embedding import (
+    MiniLMEmbedder,
+    _LazyEmbedder,
+    check_vectors,
+    resolve_embedder,
+)
 from memori_core.errors import ConfigurationError, InvalidVectorError
 from memori_core.testing import HashEmbedder
 
@@ -46,6 +53,27 @@ def test_default_is_lazy_and_shared() -> None:
         resolve_embedder("gpt-embeddings-from-the-cloud")
     with pytest.raises(ConfigurationError):
         resolve_embedder(42)
+
+
+def test_default_embedder_reuses_vectors_of_recent_texts() -> None:
+    """A user message embedded as the recall query is not embedded again when stored."""
+    model = HashEmbedder()
+    seen: list[list[str]] = []
+
+    class Counting:
+        model_id, dimension = model.model_id, model.dimension
+
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            seen.append(list(texts))
+            return model.embed(texts)
+
+    lazy = _LazyEmbedder(Counting, model.model_id, model.dimension)
+    first = lazy.embed(["I live in Oslo", "I like skiing"])
+    again = lazy.embed(["I like skiing", "new text", "I live in Oslo"])
+    assert seen == [["I live in Oslo", "I like skiing"], ["new text"]]
+    assert np.allclose(again[0], first[1]) and np.allclose(again[2], first[0])
+    assert np.allclose(again[1], model.embed(["new text"])[0])
+    assert lazy.embed([]).shape == (0, model.dimension)
 
 
 def test_bad_vectors_are_refused() -> None:

@@ -65,7 +65,12 @@ def _agent(script: ScriptedLLM, name: str = "agent", **kwargs: Any) -> FunctionA
 @pytest.fixture
 def memory_for(make_memori: Callable[..., Memori]) -> Callable[..., MemoriMemory]:
     def factory(entity_id: str, process_id: str, **kwargs: Any) -> MemoriMemory:
-        return MemoriMemory(entity_id, process_id, memori=make_memori(), **kwargs)
+        memori = make_memori()
+        # Turns become searchable by meaning once the background indexer has embedded them
+        # (it waits for writes to pause); a later conversation a moment later would find them
+        # embedded, these back-to-back runs wait for it explicitly.
+        memori.flush()
+        return MemoriMemory(entity_id, process_id, memori=memori, **kwargs)
 
     return factory
 

@@ -335,6 +335,17 @@ def sync_shapes() -> dict[str, Callable[[Any, str], str]]:
     def with_options(client: Any, text: str) -> str:
         return _chat_text(_chat_create(client.with_options(timeout=5), text))
 
+    def chat_raw_response(client: Any, text: str) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[user(text)]
+        )
+        assert raw.http_request.url.path.endswith("/chat/completions")
+        return _chat_text(raw.parse())
+
+    def responses_raw_response(client: Any, text: str) -> str:
+        raw = client.responses.with_raw_response.create(model="gpt-4o-mini", input=text)
+        return str(raw.parse().output_text)
+
     return {k: v for k, v in locals().items() if callable(v)}
 
 
@@ -373,6 +384,17 @@ def async_shapes() -> dict[str, Callable[[Any, str], Any]]:
 
     async def with_options(client: Any, text: str) -> str:
         return _chat_text(await _chat_create(client.with_options(timeout=5), text))
+
+    async def chat_raw_response(client: Any, text: str) -> str:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[user(text)]
+        )
+        assert raw.http_request.url.path.endswith("/chat/completions")
+        return _chat_text(raw.parse())
+
+    async def responses_raw_response(client: Any, text: str) -> str:
+        raw = await client.responses.with_raw_response.create(model="gpt-4o-mini", input=text)
+        return str(raw.parse().output_text)
 
     return {k: v for k, v in locals().items() if callable(v)}
 
@@ -760,15 +782,15 @@ def test_responses_input_plus_output_resent_is_stored_once(
     items.append({"type": "function_call_output", "call_id": "call_9", "output": "booked 19:00"})
     done = client.responses.create(model="gpt-4o-mini", input=items, instructions="Be brief.")
     items += done.output
-    items.append(user("Thanks"))
+    items.append(user("Thanks for the table"))
     client.responses.create(model="gpt-4o-mini", input=items, instructions="Be brief.")
     assert [(m.role, m.content) for m in mem.messages()] == [
         ("user", "Book a table for two"),
         ("assistant", ""),
         ("tool", "booked 19:00"),
         ("assistant", "echo: Book a table for two"),
-        ("user", "Thanks"),
-        ("assistant", "echo: Thanks"),
+        ("user", "Thanks for the table"),
+        ("assistant", "echo: Thanks for the table"),
     ]
     # The caller's instructions are kept, after the memory block.
     assert fake.last["instructions"].endswith("\n\nBe brief.")
@@ -1029,6 +1051,46 @@ def test_register_wraps_the_instance_only_and_is_idempotent(
     assert not hasattr(type(client.chat.completions).create, "__memori_core_wrapped__")
     wrapped = client.chat.completions.create
     assert not hasattr(wrapped.__wrapped__, "__memori_core_wrapped__")
+
+
+def test_raw_response_view_made_before_register_is_intercepted(
+    fake: FakeOpenAI, make_memori: MakeMemori
+) -> None:
+    client = fake.client()
+    raw_create = client.chat.completions.with_raw_response  # cached by the SDK from here on
+    assert raw_create is client.chat.completions.with_raw_response
+    mem = make_memori().llm.register(client)
+    mem.attribution(entity_id="user-1", process_id="p")
+    client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[user("I grow tomatoes")]
+    )
+    assert transcript(mem) == [("user", "I grow tomatoes"), ("assistant", "echo: I grow tomatoes")]
+    mem.llm.unregister()
+    client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[user("not recorded")]
+    )
+    assert fake.last["messages"] == [user("not recorded")]
+    assert len(mem.messages()) == 2
+
+
+def test_streaming_response_view_passes_through_untouched(
+    fake: FakeOpenAI, make_memori: MakeMemori
+) -> None:
+    """`with_streaming_response` leaves the body to the caller: memori cannot see the reply,
+    so it neither injects nor records, and counts the call as passed through."""
+    client = fake.client()
+    mem = make_memori().llm.register(client)
+    mem.attribution(entity_id="user-1", process_id="p")
+    client.chat.completions.create(model="gpt-4o-mini", messages=[user("I grow tomatoes")])
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=[user("What do I grow?")]
+    ) as response:
+        assert json.loads(response.read())["choices"][0]["message"]["content"] == (
+            "echo: What do I grow?"
+        )
+    assert fake.last["messages"] == [user("What do I grow?")]
+    assert len(mem.messages()) == 2
+    assert mem.stats()["llm_passed_through"] == 1
 
 
 def test_unregister_restores_the_client(fake: FakeOpenAI, make_memori: MakeMemori) -> None:

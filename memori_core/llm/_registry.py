@@ -177,6 +177,7 @@ class LLMRegistry:
                 "llm_errors",
                 "llm_partial_replies",
                 "llm_replayed_messages",
+                "llm_passed_through",
             ),
             0,
         )
@@ -307,6 +308,7 @@ class LLMRegistry:
         self,
         endpoint: Endpoint,
         stream: bool,
+        raw: bool,
         original: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -329,7 +331,7 @@ class LLMRegistry:
                 )
 
             return StreamProxy(result, turn.accumulator(), on_end, self._chunk_failed)
-        self._record(turn, self._to_record(turn, lambda: turn.reply(result), False))
+        self._record(turn, self._to_record(turn, lambda: turn.reply(_parsed(result, raw)), False))
         return result
 
     # -- async I/O (same steps; only the awaiting differs) ------------------------------------
@@ -359,6 +361,7 @@ class LLMRegistry:
         self,
         endpoint: Endpoint,
         stream: bool,
+        raw: bool,
         original: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -381,7 +384,9 @@ class LLMRegistry:
                 )
 
             return AsyncStreamProxy(result, turn.accumulator(), on_end, self._chunk_failed)
-        await self._arecord(turn, self._to_record(turn, lambda: turn.reply(result), False))
+        await self._arecord(
+            turn, self._to_record(turn, lambda: turn.reply(_parsed(result, raw)), False)
+        )
         return result
 
 
@@ -393,6 +398,29 @@ _TARGETS: tuple[tuple[Endpoint, str], ...] = (
     ("responses", "create"),
     ("responses", "parse"),
 )
+
+
+# `with_raw_response` calls the resource's method with this header "true" and returns the HTTP
+# response (its `.parse()` gives the usual object, parsed once and cached by the SDK);
+# `with_streaming_response` sets it to "stream" and leaves reading the body to the caller.
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+_PASS = object()
+# Cached per resource by the SDK from whatever `create` was when first used: dropped on
+# (un)install so they are rebuilt around the current method.
+_RAW_VIEWS = ("with_raw_response", "with_streaming_response")
+
+
+def _raw_mode(kwargs: dict[str, Any]) -> bool | object:
+    """False for a plain call, True for `with_raw_response`, `_PASS` for any raw mode whose
+    body only the caller reads (`with_streaming_response`): those pass through untouched."""
+    headers = kwargs.get("extra_headers")
+    if not isinstance(headers, dict) or _RAW_RESPONSE_HEADER not in headers:
+        return False
+    return True if headers[_RAW_RESPONSE_HEADER] == "true" else _PASS
+
+
+def _parsed(result: Any, raw: bool) -> Any:
+    return result.parse() if raw else result
 
 
 def _resource(client: Any, endpoint: Endpoint) -> Any:
@@ -412,7 +440,11 @@ def _wrap_call(
             if registry is None or _BYPASS.get():
                 return await original(*args, **kwargs)
             stream = streams and kwargs.get("stream") is True
-            return await registry._acall(endpoint, stream, original, args, kwargs)
+            raw = _raw_mode(kwargs)
+            if raw is _PASS or (raw and stream):
+                registry._count("llm_passed_through")
+                return await original(*args, **kwargs)
+            return await registry._acall(endpoint, stream, raw is True, original, args, kwargs)
 
         wrapper: Callable[..., Any] = async_wrapper
     else:
@@ -423,7 +455,11 @@ def _wrap_call(
             if registry is None or _BYPASS.get():
                 return original(*args, **kwargs)
             stream = streams and kwargs.get("stream") is True
-            return registry._call(endpoint, stream, original, args, kwargs)
+            raw = _raw_mode(kwargs)
+            if raw is _PASS or (raw and stream):
+                registry._count("llm_passed_through")
+                return original(*args, **kwargs)
+            return registry._call(endpoint, stream, raw is True, original, args, kwargs)
 
         wrapper = sync_wrapper
     setattr(wrapper, _WRAPPED_MARK, True)
@@ -451,6 +487,7 @@ def _install(client: Any, hook: _Hook) -> None:
         if original is None or getattr(original, _WRAPPED_MARK, False):
             continue
         setattr(resource, method, _wrap_call(hook, endpoint, method, original))
+    _drop_raw_views(client)
     for method in ("with_options", "copy"):
         original = getattr(client, method, None)
         if original is not None and not getattr(original, _WRAPPED_MARK, False):
@@ -460,12 +497,20 @@ def _install(client: Any, hook: _Hook) -> None:
         hook.clients.add(client)
 
 
+def _drop_raw_views(client: Any) -> None:
+    for endpoint in ("chat", "responses"):
+        state = vars(_resource(client, endpoint))
+        for view in _RAW_VIEWS:
+            state.pop(view, None)
+
+
 def _uninstall(client: Any) -> None:
     """Remove the patches from `client` (callers hold `_INSTALL_LOCK`)."""
     for endpoint, method in _TARGETS:
         resource = _resource(client, endpoint)
         if getattr(vars(resource).get(method), _WRAPPED_MARK, False):
             delattr(resource, method)
+    _drop_raw_views(client)
     for method in ("with_options", "copy"):
         if getattr(vars(client).get(method), _WRAPPED_MARK, False):
             delattr(client, method)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
+    Select,
     and_,
     bindparam,
     delete,
@@ -36,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.sql.elements import BindParameter
 
 from memori_core.errors import InvalidVectorError, ScopeError, StorageError
 from memori_core.scope import Scope
@@ -112,6 +114,62 @@ class MemoryRow:
     source_message_ids: tuple[int, ...]
 
 
+ROW_CACHE_SIZE = 200_000
+
+# Hot statements built once, their id lists bound as one expanding parameter: building
+# `column.in_(ids)` anew coerces every id and was most of a recall's SQL time.
+_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+_VECTORS_BY_ID = (
+    select(memories.c.id, memories.c.embedding)
+    .where(memories.c.id.in_(_IDS))
+    .order_by(memories.c.id)
+)
+
+
+def _newer_rows(process: ColumnElement[bool]) -> Select[Any]:
+    return (
+        select(
+            memories.c.id,
+            (memories.c.embedding_model == bindparam("model")).label("ready"),
+        )
+        .where(
+            memories.c.entity_id == bindparam("entity"),
+            process,
+            memories.c.valid_to.is_(None),
+            memories.c.id > bindparam("high_water"),
+        )
+        .order_by(memories.c.id)
+    )
+
+
+# Memories of a scope stored after the vector cache last looked (two statements: an index
+# serves `process_id = :p` and `process_id IS NULL`, not one that handles both).
+_NEWER_IN_PROCESS = _newer_rows(memories.c.process_id == bindparam("process"))
+_NEWER_ENTITY_WIDE = _newer_rows(memories.c.process_id.is_(None))
+_PRESENT_ANY = select(
+    memories.c.id,
+    memories.c.entity_id,
+    memories.c.process_id,
+    memories.c.text_hash,
+    memories.c.times_seen,
+    memories.c.source_message_ids,
+).where(memories.c.id.in_(_IDS))
+_PRESENT_CURRENT = _PRESENT_ANY.where(memories.c.valid_to.is_(None))
+_ROWS_BY_ID = select(
+    memories.c.id,
+    memories.c.entity_id,
+    memories.c.process_id,
+    memories.c.session_id,
+    memories.c.kind,
+    memories.c.text,
+    memories.c.text_hash,
+    memories.c.created_at,
+    memories.c.salience,
+    memories.c.times_seen,
+    memories.c.source_message_ids,
+).where(memories.c.id.in_(_IDS))
+
+
 class SQLStore:
     """Durable storage shared by every `Memori` on the same database URL in this process."""
 
@@ -120,6 +178,7 @@ class SQLStore:
         self.dialect = engine.dialect.name
         self._migrated = False
         self._vectors = VectorCache()
+        self._rows: dict[int, tuple[tuple[Any, ...], MemoryRow]] = {}
         self._migrate_lock = threading.Lock()
 
     # -- transactions -------------------------------------------------------------------------
@@ -521,20 +580,16 @@ class SQLStore:
         key = (entity_id, process_id, model_id)
         with self._vectors.lock:
             high_water = self._vectors.get(key, dimension).high_water
-        scope_rows = and_(
-            memories.c.entity_id == entity_id,
-            _eq(memories.c.process_id, process_id),
-            memories.c.valid_to.is_(None),
-            memories.c.id > high_water,
-        )
+        statement = _NEWER_ENTITY_WIDE if process_id is None else _NEWER_IN_PROCESS
         with self._read() as conn:
             newer = conn.execute(
-                select(
-                    memories.c.id,
-                    (memories.c.embedding_model == model_id).label("ready"),
-                )
-                .where(scope_rows)
-                .order_by(memories.c.id)
+                statement,
+                {
+                    "entity": entity_id,
+                    "process": process_id,
+                    "model": model_id,
+                    "high_water": high_water,
+                },
             ).all()
             with self._vectors.lock:
                 seen = self._vectors.get(key, dimension).seen
@@ -542,13 +597,7 @@ class SQLStore:
             blobs: list[Any] = []
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
-                blobs.extend(
-                    conn.execute(
-                        select(memories.c.id, memories.c.embedding)
-                        .where(memories.c.id.in_(chunk))
-                        .order_by(memories.c.id)
-                    ).all()
-                )
+                blobs.extend(conn.execute(_VECTORS_BY_ID, {"ids": chunk}).all())
         pending = [int(r.id) for r in newer if not r.ready]
         # Memories still waiting for a vector are read again next time; the rest are cached.
         if pending:
@@ -571,8 +620,8 @@ class SQLStore:
 
     def scope_vectors(
         self, scope: Scope, model_id: str, share_across_processes: bool, dimension: int = 0
-    ) -> tuple[list[int], np.ndarray | None]:
-        """Every cached vector of the scope: (memory ids, matrix), or ([], None).
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every cached vector of the scope: (memory ids, matrix), or (empty ids, None).
 
         May include memories deleted or superseded since they were cached; `get_memories`
         drops those, so rank through it."""
@@ -582,11 +631,11 @@ class SQLStore:
         parts = [self._scope_vectors(scope.entity_id, p, model_id, dimension) for p in process_ids]
         parts = [(ids, matrix) for ids, matrix in parts if len(ids)]
         if not parts:
-            return [], None
+            return np.zeros(0, dtype=np.int64), None
         if len(parts) == 1:
-            return parts[0][0].tolist(), parts[0][1]
+            return parts[0]
         return (
-            np.concatenate([ids for ids, _ in parts]).tolist(),
+            np.concatenate([ids for ids, _ in parts]),
             np.vstack([matrix for _, matrix in parts]),
         )
 
@@ -642,24 +691,30 @@ class SQLStore:
         """The memories with these ids that still exist (and are current, by default)."""
         if not ids:
             return {}
-        query = select(
-            memories.c.id,
-            memories.c.entity_id,
-            memories.c.process_id,
-            memories.c.session_id,
-            memories.c.kind,
-            memories.c.text,
-            memories.c.created_at,
-            memories.c.salience,
-            memories.c.times_seen,
-            memories.c.source_message_ids,
-        ).where(memories.c.id.in_(list(ids)))
-        if not include_superseded:
-            query = query.where(memories.c.valid_to.is_(None))
+        wanted = list(ids)
+        # Rows are kept in memory; each recall reads back only the columns that can change
+        # (a fact's repeat count and sources) and the ones that identify the row: a rowid can
+        # be reused after a delete, and must never bring back a forgotten memory's text.
+        presence = _PRESENT_ANY if include_superseded else _PRESENT_CURRENT
+        cache = self._rows
         with self._read() as conn:
-            rows = conn.execute(query).all()
-        return {
-            r.id: MemoryRow(
+            present = conn.execute(presence, {"ids": wanted}).all()
+            out: dict[int, MemoryRow] = {}
+            missing: list[int] = []
+            for check in present:
+                known = cache.get(check.id)
+                if known is not None and known[0] == tuple(check):
+                    out[check.id] = known[1]
+                else:
+                    missing.append(check.id)
+            if missing:
+                rows = conn.execute(_ROWS_BY_ID, {"ids": missing}).all()
+        if not missing:
+            return out
+        if len(cache) > ROW_CACHE_SIZE:
+            cache.clear()
+        for r in rows:
+            row = MemoryRow(
                 id=r.id,
                 entity_id=r.entity_id,
                 process_id=r.process_id,
@@ -671,8 +726,12 @@ class SQLStore:
                 times_seen=r.times_seen,
                 source_message_ids=tuple(json.loads(r.source_message_ids)),
             )
-            for r in rows
-        }
+            out[r.id] = row
+            cache[row.id] = (
+                (r.id, r.entity_id, r.process_id, r.text_hash, r.times_seen, r.source_message_ids),
+                row,
+            )
+        return out
 
     def list_memories(
         self, scope: Scope, share_across_processes: bool, include_superseded: bool = False
