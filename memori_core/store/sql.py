@@ -233,29 +233,23 @@ class SQLStore:
     def _ensure_session(self, conn: Connection, scope: Scope, now: float) -> None:
         assert scope.session_id is not None
         insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
-        conn.execute(
-            insert(sessions)
-            .values(
-                id=scope.session_id,
-                entity_id=scope.entity_id,
-                process_id=scope.process_id,
-                created_at=now,
-                last_active_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
+        statement = insert(sessions).values(
+            id=scope.session_id,
+            entity_id=scope.entity_id,
+            process_id=scope.process_id,
+            created_at=now,
+            last_active_at=now,
         )
-        # The row lock serialises writers of one session on PostgreSQL (SQLite's
+        # One statement creates or touches the session and says whose it is. Updating the row
+        # also locks it on PostgreSQL, which serialises writers of one session (SQLite's
         # BEGIN IMMEDIATE already does), so sequence numbers never collide.
-        row = conn.execute(
-            select(sessions.c.entity_id, sessions.c.process_id)
-            .where(sessions.c.id == scope.session_id)
-            .with_for_update()
+        owner = conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["id"], set_={"last_active_at": statement.excluded.last_active_at}
+            ).returning(sessions.c.entity_id, sessions.c.process_id)
         ).one()
-        if (row.entity_id, row.process_id) != (scope.entity_id, scope.process_id):
+        if (owner.entity_id, owner.process_id) != (scope.entity_id, scope.process_id):
             raise ScopeError(f"session {scope.session_id} belongs to another entity or process")
-        conn.execute(
-            update(sessions).where(sessions.c.id == scope.session_id).values(last_active_at=now)
-        )
 
     def list_sessions(self, scope: Scope) -> list[SessionInfo]:
         count = select(func.count()).where(messages.c.session_id == sessions.c.id).scalar_subquery()
