@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 
@@ -23,6 +24,7 @@ BATCH = 64
 # of a conversation's next call, bounded so memories still become searchable by meaning soon.
 SETTLE_SECONDS = 0.05
 MAX_DELAY_SECONDS = 1.0
+BACKGROUND_NICENESS = 10
 
 
 class EmbeddingIndexer:
@@ -115,6 +117,7 @@ class EmbeddingIndexer:
             thread.join(timeout)
 
     def _run(self) -> None:
+        _lower_priority()
         backoff = 0.5
         while not self._stopping.is_set():
             self._wake.wait()
@@ -147,6 +150,18 @@ class EmbeddingIndexer:
             if left <= 0 or not self._wake.wait(min(SETTLE_SECONDS, left)):
                 return
             self._wake.clear()
+
+
+def _lower_priority() -> None:
+    """Run this thread at a lower CPU priority (Linux: a per-thread nice value).
+
+    Embedding a model reply costs ~0.3 ms of CPU a token on one core, more than the call that
+    made it; when cores are short the app's own threads should win, and the backlog waits.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        log.debug("could not lower the embedding thread's priority", exc_info=True)
 
 
 _indexers: dict[tuple[int, int, int], EmbeddingIndexer] = {}

@@ -30,6 +30,7 @@ import numpy as np
 from memori_core.embedding import Embedder, check_vectors
 from memori_core.scope import Scope
 from memori_core.store.sql import MemoryRow, SQLStore
+from memori_core.store.vectors import similarities
 from memori_core.types import Recalled, ScoreParts
 from memori_core.vector import VectorIndex
 
@@ -144,7 +145,7 @@ def rank(
         if vector_index is None:
             # Every vector of the scope is at hand: neighbours get their exact similarity.
             if scope_ids is not None and scope_matrix is not None:
-                dense = _DenseScores(scope_ids, scope_matrix @ vector)
+                dense = _DenseScores(scope_ids, similarities(scope_matrix, vector))
         else:
             hits = store.dense_search(
                 scope,

@@ -49,7 +49,7 @@ from memori_core.store.schema import (
     messages,
     sessions,
 )
-from memori_core.store.vectors import VectorCache
+from memori_core.store.vectors import VectorCache, similarities
 from memori_core.types import ForgetReport, Message, SessionInfo, StoredMessage
 from memori_core.vector import VectorIndex
 
@@ -657,11 +657,11 @@ class SQLStore:
                 )
                 if not len(ids):
                     continue
-                similarities = matrix @ query_vector
+                scores = similarities(matrix, query_vector)
                 # Over-fetch: a few cached hits may have been deleted or superseded since.
                 k = min(len(ids), 2 * limit)
-                top = np.argpartition(-similarities, k - 1)[:k]
-                hits.extend((int(ids[i]), float(similarities[i])) for i in top)
+                top = np.argpartition(-scores, k - 1)[:k]
+                hits.extend((int(ids[i]), float(scores[i])) for i in top)
             hits.sort(key=lambda hit: -hit[1])
             hits = hits[: 2 * limit]
         if not hits:
