@@ -12,7 +12,8 @@ turn. Scenarios:
 
 - `new session`: one user message in an empty session (recall + record).
 - `resumed session`: one user message in a session with a transcript (recall, replay, record).
-- `resent history`: the app resends a 10-message history (recall + delta detection + record).
+- `resent history`: one conversation; each call resends its last 9 messages plus the new one,
+  as chat apps do (recall + detecting the already-stored prefix + recording the 2 new ones).
 - `async`: the `new session` call on `AsyncOpenAI`.
 - `interceptor only`: `new session` with the core's recall and storage stubbed out, to separate
   the interceptor's own cost from the core's (also timed on their own: `breakdown`).
@@ -187,9 +188,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     bare, registered = _client(), _client()
     mem.llm.register(registered)
-    history: list[dict[str, str]] = []
+    # What a chat app keeps and resends: its conversation so far, the last 10 messages of it.
+    conversation: list[dict[str, str]] = []
     for i in range(5):
-        history += [
+        conversation += [
             {"role": "user", "content": _sentence(rng, 10**6 + i)},
             {"role": "assistant", "content": "Noted, thanks for telling me."},
         ]
@@ -200,14 +202,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     def resent(client: openai.OpenAI, text: str) -> Callable[[], Any]:
-        messages = [*history, {"role": "user", "content": text}]
+        messages = [*conversation[-9:], {"role": "user", "content": text}]
         return lambda: client.chat.completions.create(model="gpt-4o-mini", messages=messages)
 
     results: dict[str, dict[str, float]] = {}
     for name, make, fresh in (
         ("new session", new_session, True),
         ("resumed session", new_session, False),
-        ("resent history", resent, True),
+        ("resent history", resent, False),
     ):
         bare_ms: list[float] = []
         wrapped_ms: list[float] = []
@@ -217,7 +219,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if fresh:
                 mem.new_session()
             b = _time(make(bare, text))
-            w = _time(make(registered, text))
+            start = time.perf_counter()
+            reply = make(registered, text)()
+            w = (time.perf_counter() - start) * 1000
+            if make is resent:
+                conversation += [
+                    {"role": "user", "content": text},
+                    {"role": "assistant", "content": reply.choices[0].message.content or ""},
+                ]
             if i >= args.warmup:
                 bare_ms.append(b)
                 wrapped_ms.append(w)
