@@ -454,7 +454,9 @@ def _query_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(4, thread_name_prefix="memori-query"))
+            # Embedding is CPU-bound: more threads than cores would only queue in the OS.
+            workers = max(2, os.cpu_count() or 2)
+            _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="memori-query"))
         return _pool[1]
 
 
