@@ -24,7 +24,9 @@ from sqlalchemy import (
     Float,
     Integer,
     Select,
+    String,
     and_,
+    any_,
     bindparam,
     delete,
     func,
@@ -34,10 +36,10 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.sql.elements import BindParameter
 
 from memori_core.errors import InvalidVectorError, ScopeError, StorageError
 from memori_core.scope import Scope
@@ -116,15 +118,6 @@ class MemoryRow:
 
 ROW_CACHE_SIZE = 200_000
 
-# Hot statements built once, their id lists bound as one expanding parameter: building
-# `column.in_(ids)` anew coerces every id and was most of a recall's SQL time.
-_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
-_VECTORS_BY_ID = (
-    select(memories.c.id, memories.c.embedding)
-    .where(memories.c.id.in_(_IDS))
-    .order_by(memories.c.id)
-)
-
 
 def _newer_rows(process: ColumnElement[bool]) -> Select[Any]:
     return (
@@ -146,28 +139,53 @@ def _newer_rows(process: ColumnElement[bool]) -> Select[Any]:
 # serves `process_id = :p` and `process_id IS NULL`, not one that handles both).
 _NEWER_IN_PROCESS = _newer_rows(memories.c.process_id == bindparam("process"))
 _NEWER_ENTITY_WIDE = _newer_rows(memories.c.process_id.is_(None))
-_PRESENT_ANY = select(
-    memories.c.id,
-    memories.c.entity_id,
-    memories.c.process_id,
-    memories.c.text_hash,
-    memories.c.times_seen,
-    memories.c.source_message_ids,
-).where(memories.c.id.in_(_IDS))
-_PRESENT_CURRENT = _PRESENT_ANY.where(memories.c.valid_to.is_(None))
-_ROWS_BY_ID = select(
-    memories.c.id,
-    memories.c.entity_id,
-    memories.c.process_id,
-    memories.c.session_id,
-    memories.c.kind,
-    memories.c.text,
-    memories.c.text_hash,
-    memories.c.created_at,
-    memories.c.salience,
-    memories.c.times_seen,
-    memories.c.source_message_ids,
-).where(memories.c.id.in_(_IDS))
+
+
+class _ByIds:
+    """Hot statements that take a list of memory ids, built once per dialect.
+
+    The list is bound as ONE parameter (a JSON array read by `json_each` on SQLite, an array
+    compared with `= ANY` on PostgreSQL): `column.in_(ids)` renders and binds every id anew,
+    which was most of a recall's SQL time (~270 ids a recall).
+    """
+
+    def __init__(self, dialect: str) -> None:
+        self.postgres = dialect == "postgresql"
+        among: ColumnElement[bool]
+        if self.postgres:
+            among = memories.c.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
+        else:
+            listed = func.json_each(bindparam("ids", type_=String)).table_valued("value")
+            among = memories.c.id.in_(select(listed.c.value))
+        self.vectors = (
+            select(memories.c.id, memories.c.embedding).where(among).order_by(memories.c.id)
+        )
+        self.present = select(
+            memories.c.id,
+            memories.c.entity_id,
+            memories.c.process_id,
+            memories.c.text_hash,
+            memories.c.times_seen,
+            memories.c.source_message_ids,
+        ).where(among)
+        self.present_current = self.present.where(memories.c.valid_to.is_(None))
+        self.rows = select(
+            memories.c.id,
+            memories.c.entity_id,
+            memories.c.process_id,
+            memories.c.session_id,
+            memories.c.kind,
+            memories.c.text,
+            memories.c.text_hash,
+            memories.c.created_at,
+            memories.c.salience,
+            memories.c.times_seen,
+            memories.c.source_message_ids,
+        ).where(among)
+
+    def bind(self, ids: Sequence[int]) -> dict[str, Any]:
+        listed = [int(i) for i in ids]
+        return {"ids": listed if self.postgres else json.dumps(listed)}
 
 
 class SQLStore:
@@ -179,6 +197,7 @@ class SQLStore:
         self._migrated = False
         self._vectors = VectorCache()
         self._rows: dict[int, tuple[tuple[Any, ...], MemoryRow]] = {}
+        self._by_ids = _ByIds(self.dialect)
         self._migrate_lock = threading.Lock()
 
     # -- transactions -------------------------------------------------------------------------
@@ -591,7 +610,7 @@ class SQLStore:
             blobs: list[Any] = []
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
-                blobs.extend(conn.execute(_VECTORS_BY_ID, {"ids": chunk}).all())
+                blobs.extend(conn.execute(self._by_ids.vectors, self._by_ids.bind(chunk)).all())
         pending = [int(r.id) for r in newer if not r.ready]
         # Memories still waiting for a vector are read again next time; the rest are cached.
         if pending:
@@ -689,10 +708,11 @@ class SQLStore:
         # Rows are kept in memory; each recall reads back only the columns that can change
         # (a fact's repeat count and sources) and the ones that identify the row: a rowid can
         # be reused after a delete, and must never bring back a forgotten memory's text.
-        presence = _PRESENT_ANY if include_superseded else _PRESENT_CURRENT
+        by_ids = self._by_ids
+        presence = by_ids.present if include_superseded else by_ids.present_current
         cache = self._rows
         with self._read() as conn:
-            present = conn.execute(presence, {"ids": wanted}).all()
+            present = conn.execute(presence, by_ids.bind(wanted)).all()
             out: dict[int, MemoryRow] = {}
             missing: list[int] = []
             for check in present:
@@ -702,7 +722,7 @@ class SQLStore:
                 else:
                     missing.append(check.id)
             if missing:
-                rows = conn.execute(_ROWS_BY_ID, {"ids": missing}).all()
+                rows = conn.execute(by_ids.rows, by_ids.bind(missing)).all()
         if not missing:
             return out
         if len(cache) > ROW_CACHE_SIZE:
