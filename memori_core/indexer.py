@@ -28,7 +28,16 @@ BACKGROUND_NICENESS = 10
 
 
 class EmbeddingIndexer:
-    """One daemon thread per (database, embedder) pair, woken when memories are written."""
+    """One daemon thread per (database, embedder) pair, woken when memories are written.
+
+    An episodic turn is embedded together with the turn before it in its session
+    (`turn_context`; at most the last `turn_context_chars` characters of it, so a long turn
+    before cannot push a reply out of the embedder's token window), so a reply carries what it
+    replies to; its stored text stays its own.
+    """
+
+    turn_context: bool = True
+    turn_context_chars: int = 400
 
     def __init__(
         self, store: SQLStore, embedder: Embedder, index: VectorIndex | None = None
@@ -65,9 +74,20 @@ class EmbeddingIndexer:
             if not pending:
                 return 0
             ids = [row[0] for row in pending]
+            texts = [row[1] for row in pending]
+            if self.turn_context:
+                # A turn is embedded after the turn before it: "Yes, twice a week!" means
+                # nothing alone, next to "Do you still go climbing?" it does (LoCoMo R@10
+                # 0.796 -> 0.797 alone, 0.801 with neighbour and session weights 0.35 / 0.75;
+                # embedding costs about 1.8x as much).
+                before = self.store.previous_turns(ids)
+                texts = [
+                    f"{_tail(before[i], self.turn_context_chars)}\n{text}" if i in before else text
+                    for i, text in zip(ids, texts, strict=True)
+                ]
             try:
                 vectors = check_vectors(
-                    self.embedder.embed([row[1] for row in pending]),
+                    self.embedder.embed(texts),
                     len(pending),
                     self.embedder.dimension,
                 )
@@ -162,6 +182,13 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
         log.debug("could not lower the embedding thread's priority", exc_info=True)
+
+
+def _tail(text: str, chars: int) -> str:
+    """The last `chars` characters of `text`, from a word start (where a question usually is)."""
+    if len(text) <= chars:
+        return text
+    return text[-chars:].split(" ", 1)[-1]
 
 
 _indexers: dict[tuple[int, int, int], EmbeddingIndexer] = {}

@@ -68,18 +68,22 @@ class RankingConfig:
     keep `outside_period_factor`. 1.0 switches either off. An episodic turn shorter than
     `short_turn_words` words keeps (words / short_turn_words) ** `short_turn_power` of its
     relevance (0 switches this off). Recency and salience are small nudges on top.
+
+    The neighbour weight is lower (0.35) and the session weight higher (0.75) since turns are
+    embedded after the turn before them (`EmbeddingIndexer.turn_context`): a reply's own
+    vector already holds part of what the neighbour lift used to add.
     """
 
     lexical_weight: float = 0.5
     dense_weight: float = 0.5
-    neighbour_weight: float = 0.5
+    neighbour_weight: float = 0.35
     second_neighbour_weight: float = 0.25
     neighbour_seeds: int = 30
     neighbour_probe: int = 4
     recency_weight: float = 0.05
     salience_weight: float = 0.05
     recency_half_life_days: float = 30.0
-    session_weight: float = 0.5
+    session_weight: float = 0.75
     other_speaker_factor: float = 0.7
     outside_period_factor: float = 0.5
     period_days_before: float = 7.0

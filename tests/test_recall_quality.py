@@ -3,8 +3,9 @@
 Each test is a case an earlier ranking got wrong: a reply that only makes sense next to the
 question it answers, a question whose function words matched every distractor, a question about
 one speaker answered by the other's wordier turn, a month named in the question, a short aside
-outranking the turn that tells something, a detail found only through its session; and the
-neighbour probing that must never cross entities or processes.
+outranking the turn that tells something, a detail found only through its session, a reply
+embedded without the question it answers; and the neighbour probing that must never cross
+entities or processes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from memori_core import Memori, Message
+from memori_core.indexer import EmbeddingIndexer
 from memori_core.recall import lexical_terms, query_period
 from memori_core.testing import HashEmbedder
 
@@ -180,3 +184,28 @@ def test_a_detail_is_found_through_the_session_it_belongs_to(tmp_path: Path) -> 
     assert texts.index("Ana: The temples were so beautiful.") < texts.index(
         "Ana: The temples there were beautiful."
     )
+
+
+def test_a_reply_is_embedded_with_the_turn_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ana's reply names nothing the query asks about; Ben's question before it does. Embedded
+    # after that question, the reply outranks the question itself (Ana is the one asked
+    # about); embedded alone, it only rises through the neighbour and session lifts, and Ben's
+    # question stays first.
+    reply = "Yes, twice a week, usually with my sister."
+
+    def top(turn_context: bool) -> str:
+        monkeypatch.setattr(EmbeddingIndexer, "turn_context", turn_context)
+        mem = Memori(f"sqlite:///{tmp_path}/{turn_context}.db", embedder=HashEmbedder())
+        mem.attribution("ana")
+        _chat(mem, [("Ben", d) for d in DISTRACTORS[:3]])
+        _chat(mem, [("Ben", "Do you still go bouldering at the old quarry?"), ("Ana", reply)])
+        mem.new_session()
+        _chat(mem, [("Ana", "Climbing gyms are crowded and loud these days.")])
+        _chat(mem, [("Ben", d) for d in DISTRACTORS[3:]])
+        mem.flush()
+        return mem.recall("Does Ana go bouldering at the quarry?", limit=1)[0].text
+
+    assert top(turn_context=True) == f"Ana: {reply}"
+    assert top(turn_context=False) == "Ben: Do you still go bouldering at the old quarry?"

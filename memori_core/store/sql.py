@@ -782,6 +782,32 @@ class SQLStore:
                 (int(r.id), r.text, r.entity_id, r.process_id) for r in conn.execute(query).all()
             ]
 
+    def previous_turns(self, ids: Sequence[int]) -> dict[int, str]:
+        """For each episodic turn (`event` memory) among `ids`: the text of the turn before it
+        in its session and scope, when there is one (the context it is embedded with)."""
+        rows = [r for r in self.get_memories(ids).values() if r.kind == "event" and r.session_id]
+        if not rows:
+            return {}
+        out: dict[int, str] = {}
+        with self._read() as conn:
+            for row in rows:
+                before = conn.execute(
+                    select(memories.c.text)
+                    .where(
+                        memories.c.session_id == row.session_id,
+                        memories.c.entity_id == row.entity_id,
+                        _eq(memories.c.process_id, row.process_id),
+                        memories.c.kind == "event",
+                        memories.c.valid_to.is_(None),
+                        memories.c.id < row.id,
+                    )
+                    .order_by(memories.c.id.desc())
+                    .limit(1)
+                ).scalar()
+                if before is not None:
+                    out[row.id] = str(before)
+        return out
+
     def set_embeddings(
         self, model_id: str, dimension: int, items: Sequence[tuple[int, np.ndarray]]
     ) -> None:
