@@ -1,14 +1,16 @@
 """Added latency of a registered OpenAI client over the bare client (mock transport, no network).
 
     .venv/bin/python benchmarks/openai_overhead.py [--memories 10000] [--calls 300]
-        [--embedder default|hash|none] [--seed-db PATH]
+        [--embedder default|hash|none] [--model-latency-ms 0] [--seed-db PATH]
         [--out benchmarks/results/openai_overhead.json]
 
 The entity gets `--memories` memories first (recorded turns, embedded before timing starts).
 Then the same `chat.completions.create` call is made on a bare client and on a registered one,
-alternately, both over an httpx2 `MockTransport` that answers instantly; the difference is what
-memori adds: recall (query embedding + hybrid ranking), building the request, and recording the
-turn. Scenarios:
+alternately, both over an httpx2 `MockTransport` that answers at once (or after
+`--model-latency-ms`, as a real model does: the background embedding of earlier turns then
+runs while the model is awaited instead of beside the next call); the difference is what memori
+adds: recall (query embedding + hybrid ranking), building the request, and recording the turn.
+Scenarios:
 
 - `new session`: one user message in an empty session (recall + record).
 - `resumed session`: one user message in a session with a transcript (recall, replay, record).
@@ -88,11 +90,27 @@ def _reply(request: httpx2.Request) -> httpx2.Response:
     )
 
 
+# Seconds the mock model takes to answer (`--model-latency-ms`); 0 answers at once.
+MODEL_LATENCY = [0.0]
+
+
+def _slow_reply(request: httpx2.Request) -> httpx2.Response:
+    if MODEL_LATENCY[0]:
+        time.sleep(MODEL_LATENCY[0])
+    return _reply(request)
+
+
+async def _aslow_reply(request: httpx2.Request) -> httpx2.Response:
+    if MODEL_LATENCY[0]:
+        await asyncio.sleep(MODEL_LATENCY[0])
+    return _reply(request)
+
+
 def _client() -> openai.OpenAI:
     return openai.OpenAI(
         api_key="test",
         base_url="http://bench/v1",
-        http_client=httpx2.Client(transport=httpx2.MockTransport(_reply)),
+        http_client=httpx2.Client(transport=httpx2.MockTransport(_slow_reply)),
         max_retries=0,
     )
 
@@ -101,7 +119,7 @@ def _async_client() -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
         api_key="test",
         base_url="http://bench/v1",
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(_reply)),
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(_aslow_reply)),
         max_retries=0,
     )
 
@@ -308,6 +326,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "memories": memories,
         "populate_seconds": round(populate_s, 2),
         "calls_per_scenario": args.calls,
+        "model_latency_ms": args.model_latency_ms,
         "target_added_p50_ms": TARGET_P50_MS,
         "scenarios": {k: {m: round(v, 3) for m, v in r.items()} for k, r in results.items()},
         "breakdown": {k: round(v, 3) for k, v in breakdown.items()},
@@ -324,16 +343,25 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--embedder", choices=["default", "hash", "none"], default="default")
     parser.add_argument(
+        "--model-latency-ms",
+        type=float,
+        default=0.0,
+        help="how long the mock model takes to answer (a real one: hundreds of ms); the "
+        "background embedding of the previous turn then runs while the model is awaited",
+    )
+    parser.add_argument(
         "--seed-db",
         help="populate this SQLite file once and start every later run from a copy of it",
     )
     parser.add_argument("--out", default="benchmarks/results/openai_overhead.json")
     args = parser.parse_args()
+    MODEL_LATENCY[0] = args.model_latency_ms / 1000
     report = run(args)
 
     print(
         f"memori OpenAI interceptor overhead: {report['memories']} memories, "
-        f"embedder={report['embedder']}, {report['calls_per_scenario']} calls each"
+        f"embedder={report['embedder']}, {report['calls_per_scenario']} calls each, "
+        f"mock model answers in {report['model_latency_ms']:.0f} ms"
     )
     header = f"{'scenario':<20}{'bare p50':>10}{'memori p50':>12}{'p95':>9}{'added p50':>11}"
     print(header + f"{'added p95':>11}")
