@@ -207,7 +207,7 @@ def rank(
                 session_best[row.session_id] = (parts_here[0], parts_here[1])
     # "What does Melanie do?" is answered by what Melanie said far more often than by what was
     # said to her; the others' turns still lift her answers as neighbours, then count less.
-    speaker_of = {m: _speaker(row) for m, row in rows.items()}
+    speaker_of = {m: row.speaker for m, row in rows.items()}
     query_words = set(_WORD.findall(query.lower()))
     # Memories carry the time they were said: "in August 2023" favours what was said then.
     period = query_period(query) if config.outside_period_factor != 1.0 else None
@@ -249,7 +249,7 @@ def rank(
         # normalisation and the neighbour lift push such turns up. Facts are short on purpose
         # (one extracted statement), so only turns are judged by length.
         if config.short_turn_words > 0 and row.kind == "event":
-            word_count = len(row.text.split())
+            word_count = row.word_count
             if word_count < config.short_turn_words:
                 length = (word_count / config.short_turn_words) ** config.short_turn_power
                 lexical_part *= length
@@ -399,16 +399,6 @@ def query_period(query: str) -> tuple[float, float] | None:
         return None
     return min(s for s, _ in spans).timestamp(), max(e for _, e in spans).timestamp()
 
-
-_SPEAKER = re.compile(r"([A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,3}): ")
-
-
-def _speaker(row: MemoryRow) -> str | None:
-    """Who said an episodic turn (the "Name: text" the episodic memory carries), else None."""
-    if row.kind != "event":
-        return None
-    match = _SPEAKER.match(row.text)
-    return match.group(1) if match else None
 
 
 def _visible(row: MemoryRow, scope: Scope, share_across_processes: bool) -> bool:

@@ -114,6 +114,21 @@ class MemoryRow:
     salience: float
     times_seen: int
     source_message_ids: tuple[int, ...]
+    # Read off the text once when the row is fetched (rows are cached), not at every recall.
+    word_count: int = 0
+    speaker: str | None = None
+
+
+# An episodic turn spoken by a named participant is stored as "Name: text" (episodic_drafts).
+_SPEAKER = re.compile(r"([A-Z][\w.'-]*(?: [A-Z][\w.'-]*){0,3}): ")
+
+
+def turn_speaker(kind: str, text: str) -> str | None:
+    """Who said an episodic turn (the "Name: " it starts with), else None."""
+    if kind != "event":
+        return None
+    match = _SPEAKER.match(text)
+    return match.group(1) if match else None
 
 
 ROW_CACHE_SIZE = 200_000
@@ -739,6 +754,8 @@ class SQLStore:
                 salience=r.salience,
                 times_seen=r.times_seen,
                 source_message_ids=tuple(json.loads(r.source_message_ids)),
+                word_count=len(r.text.split()),
+                speaker=turn_speaker(r.kind, r.text),
             )
             out[r.id] = row
             cache[row.id] = (
