@@ -131,7 +131,8 @@ def turn_speaker(kind: str, text: str) -> str | None:
     return match.group(1) if match else None
 
 
-ROW_CACHE_SIZE = 200_000
+# ~0.5 KB a row: tens of MB at most, cleared whole when full (a recall refills it in ~1 ms).
+ROW_CACHE_SIZE = 50_000
 
 
 def _newer_rows(process: ColumnElement[bool]) -> Select[Any]:
