@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from memori_core import Memori
 from memori_core.embedding import (
     MiniLMEmbedder,
     _LazyEmbedder,
@@ -83,3 +89,23 @@ def test_bad_vectors_are_refused() -> None:
         check_vectors(np.ones((1, 3)), 1, 4)
     with pytest.raises(InvalidVectorError):
         check_vectors(np.ones((2, 4)), 1, 4)
+
+
+def test_new_memories_are_embedded_in_the_background(tmp_path: Path) -> None:
+    """Without `flush()`: a new memory is found by meaning soon after the writes pause, and the
+    embedding thread yields the CPU to the app's own threads."""
+    mem = Memori(f"sqlite:///{tmp_path / 'm.db'}", embedder=HashEmbedder()).attribution("u", "p")
+    mem.record([{"role": "user", "content": "I keep bees on the roof"}])
+    deadline = time.monotonic() + 10
+    hits = mem.recall("bees roof")
+    while not (hits and hits[0].parts.dense > 0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        hits = mem.recall("bees roof")
+    assert hits and hits[0].parts.dense > 0
+    workers = [t for t in threading.enumerate() if t.name == "memori-embedder"]
+    assert workers
+    if sys.platform == "linux":
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        for worker in workers:
+            assert worker.native_id is not None
+            assert os.getpriority(os.PRIO_PROCESS, worker.native_id) > mine
