@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -124,7 +124,7 @@ def rank(
     # The query's embedding (the slowest step) runs on another core while the lexical leg
     # and the vector cache refresh run here: ONNX inference and SQLite release the GIL.
     pending = (
-        _query_pool().submit(_embed_query, embedder, query)
+        _submit_embedding(embedder, query)
         if embedder is not None and query.strip() and OVERLAP_QUERY_EMBEDDING[0]
         else None
     )
@@ -452,6 +452,13 @@ def _query_pool() -> ThreadPoolExecutor:
             workers = max(2, os.cpu_count() or 2)
             _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="memori-query"))
         return _pool[1]
+
+
+def _submit_embedding(embedder: Embedder, query: str) -> Future[np.ndarray | None] | None:
+    try:
+        return _query_pool().submit(_embed_query, embedder, query)
+    except RuntimeError:  # interpreter shutting down: embed inline instead
+        return None
 
 
 def _embed_query(embedder: Embedder, query: str) -> np.ndarray | None:
