@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from memori_core.embedding import Embedder
     from memori_core.extract import Extractor
     from memori_core.memori import Memori, MemoriConfig
+    from memori_core.recall import RankingConfig
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "Memori",
     "MemoriConfig",
     "Message",
+    "RankingConfig",
     "Recalled",
     "Scope",
     "ScoreParts",
@@ -52,6 +54,7 @@ _LAZY = {
     "MemoriConfig": "memori_core.memori",
     "Embedder": "memori_core.embedding",
     "Extractor": "memori_core.extract",
+    "RankingConfig": "memori_core.recall",
 }
 
 
