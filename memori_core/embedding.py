@@ -161,9 +161,9 @@ class _LazyEmbedder:
     """Loads the model on first use, so constructing `Memori()` stays cheap, and remembers the
     vectors of recently embedded texts.
 
-    The cache pays off on the common path: a user's message is embedded as the recall query
-    before the model call, then stored as a memory whose text is that same message; the
-    background indexer then finds its vector here instead of running the model again.
+    The same text is often embedded more than once: a question recalled by several hooks of
+    one framework run, a retried call, and a session's first message, which is the recall
+    query before the model call and then a memory embedded by the background indexer.
     """
 
     cache_size = 1024
