@@ -54,9 +54,16 @@ class EmbeddingIndexer:
         self._lock_batch = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # Writes notified so far, and how many of them a batch that found nothing left to do
+        # has covered: a background wake-up that a `flush()` already served does not touch the
+        # database (an app, or a test, may have closed or removed it since).
+        self._notified = 0
+        self._covered = 0
 
     def notify(self) -> None:
         """Memories were written: embed them soon."""
+        with self._lock:
+            self._notified += 1
         self._idle.clear()
         self._wake.set()
         if self._thread is None or not self._thread.is_alive():
@@ -67,11 +74,15 @@ class EmbeddingIndexer:
                     )
                     self._thread.start()
 
-    def run_once(self, max_attempts: int = MAX_ATTEMPTS) -> int:
+    def run_once(self, max_attempts: int = MAX_ATTEMPTS, *, background: bool = False) -> int:
         """Embed one batch of pending memories now; return how many were embedded."""
         with self._lock_batch:
+            notified = self._notified
+            if background and self._covered >= notified:
+                return 0
             pending = self.store.pending_embeddings(self.embedder.model_id, BATCH, max_attempts)
             if not pending:
+                self._covered = max(self._covered, notified)
                 return 0
             ids = [row[0] for row in pending]
             texts = [row[1] for row in pending]
@@ -145,7 +156,7 @@ class EmbeddingIndexer:
             self._settle()
             while not self._stopping.is_set():
                 try:
-                    done = self.run_once()
+                    done = self.run_once(background=True)
                 except StorageError:
                     log.warning("background embedding could not reach the store", exc_info=True)
                     self._stopping.wait(backoff)
