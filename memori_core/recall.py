@@ -400,7 +400,6 @@ def query_period(query: str) -> tuple[float, float] | None:
     return min(s for s, _ in spans).timestamp(), max(e for _, e in spans).timestamp()
 
 
-
 def _visible(row: MemoryRow, scope: Scope, share_across_processes: bool) -> bool:
     # Probed rows come from an id range, so the scope is checked here (the store's searches
     # filter by scope themselves; this keeps probing from ever crossing entity or process).

@@ -1076,8 +1076,8 @@ def test_raw_response_view_made_before_register_is_intercepted(
 def test_streaming_response_view_passes_through_untouched(
     fake: FakeOpenAI, make_memori: MakeMemori
 ) -> None:
-    """`with_streaming_response` leaves the body to the caller: memori cannot see the reply,
-    so it neither injects nor records, and counts the call as passed through."""
+    """`with_streaming_response` and raw streams leave the body to the caller: memori cannot
+    see the reply, so it neither injects nor records, and counts the call as passed through."""
     client = fake.client()
     mem = make_memori().llm.register(client)
     mem.attribution(entity_id="user-1", process_id="p")
@@ -1089,8 +1089,16 @@ def test_streaming_response_view_passes_through_untouched(
             "echo: What do I grow?"
         )
     assert fake.last["messages"] == [user("What do I grow?")]
+    # A raw response of a stream: the caller parses the stream out of it, memori cannot.
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[user("And what else?")], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in raw.parse()) == (
+        "echo: And what else?"
+    )
+    assert fake.last["messages"] == [user("And what else?")]
     assert len(mem.messages()) == 2
-    assert mem.stats()["llm_passed_through"] == 1
+    assert mem.stats()["llm_passed_through"] == 2
 
 
 def test_unregister_restores_the_client(fake: FakeOpenAI, make_memori: MakeMemori) -> None:

@@ -404,19 +404,21 @@ _TARGETS: tuple[tuple[Endpoint, str], ...] = (
 # response (its `.parse()` gives the usual object, parsed once and cached by the SDK);
 # `with_streaming_response` sets it to "stream" and leaves reading the body to the caller.
 _RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
-_PASS = object()
+# How a call's reply can be read: as the usual object, through the raw response's `.parse()`,
+# or not at all (the caller reads the body itself).
+ReplyAccess = Literal["object", "parse", "none"]
 # Cached per resource by the SDK from whatever `create` was when first used: dropped on
 # (un)install so they are rebuilt around the current method.
 _RAW_VIEWS = ("with_raw_response", "with_streaming_response")
 
 
-def _raw_mode(kwargs: dict[str, Any]) -> bool | object:
-    """False for a plain call, True for `with_raw_response`, `_PASS` for any raw mode whose
-    body only the caller reads (`with_streaming_response`): those pass through untouched."""
+def _reply_access(kwargs: dict[str, Any], stream: bool) -> ReplyAccess:
+    """ "object" for a plain call, "parse" for `with_raw_response`, "none" for a raw stream or
+    `with_streaming_response`, whose body only the caller reads: those pass through untouched."""
     headers = kwargs.get("extra_headers")
     if not isinstance(headers, dict) or _RAW_RESPONSE_HEADER not in headers:
-        return False
-    return True if headers[_RAW_RESPONSE_HEADER] == "true" else _PASS
+        return "object"
+    return "parse" if headers[_RAW_RESPONSE_HEADER] == "true" and not stream else "none"
 
 
 def _parsed(result: Any, raw: bool) -> Any:
@@ -440,11 +442,12 @@ def _wrap_call(
             if registry is None or _BYPASS.get():
                 return await original(*args, **kwargs)
             stream = streams and kwargs.get("stream") is True
-            raw = _raw_mode(kwargs)
-            if raw is _PASS or (raw and stream):
+            access = _reply_access(kwargs, stream)
+            if access == "none":
                 registry._count("llm_passed_through")
                 return await original(*args, **kwargs)
-            return await registry._acall(endpoint, stream, raw is True, original, args, kwargs)
+            raw = access == "parse"
+            return await registry._acall(endpoint, stream, raw, original, args, kwargs)
 
         wrapper: Callable[..., Any] = async_wrapper
     else:
@@ -455,11 +458,11 @@ def _wrap_call(
             if registry is None or _BYPASS.get():
                 return original(*args, **kwargs)
             stream = streams and kwargs.get("stream") is True
-            raw = _raw_mode(kwargs)
-            if raw is _PASS or (raw and stream):
+            access = _reply_access(kwargs, stream)
+            if access == "none":
                 registry._count("llm_passed_through")
                 return original(*args, **kwargs)
-            return registry._call(endpoint, stream, raw is True, original, args, kwargs)
+            return registry._call(endpoint, stream, access == "parse", original, args, kwargs)
 
         wrapper = sync_wrapper
     setattr(wrapper, _WRAPPED_MARK, True)
