@@ -265,16 +265,18 @@ class Memori:
             raise InvalidMessageError(f"query must be a str, got {type(query).__name__}")
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise UsageError("limit must be a positive int or None")
-        results = rank(
-            self._ready(),
-            self._require_scope(),
-            query,
-            embedder=self._embedder,
-            limit=limit or self.recall_limit,
-            share_across_processes=self.share_across_processes,
-            config=self.ranking,
-            vector_index=self.vector_index,
-        )
+        store = self._ready()
+        with store.snapshot():
+            results = rank(
+                store,
+                self._require_scope(),
+                query,
+                embedder=self._embedder,
+                limit=limit or self.recall_limit,
+                share_across_processes=self.share_across_processes,
+                config=self.ranking,
+                vector_index=self.vector_index,
+            )
         self._count("recalls")
         return results
 

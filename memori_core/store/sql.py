@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -215,11 +216,40 @@ class SQLStore:
         self._rows: dict[int, tuple[tuple[Any, ...], MemoryRow]] = {}
         self._by_ids = _ByIds(self.dialect)
         self._migrate_lock = threading.Lock()
+        self._snapshot: ContextVar[Connection | None] = ContextVar(
+            f"memori_core_snapshot_{id(self):x}", default=None
+        )
 
     # -- transactions -------------------------------------------------------------------------
 
     @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Run the reads inside this block in one read transaction of the calling thread.
+
+        Recall reads several times (lexical hits, new vectors, the candidates' rows); one
+        transaction gives them one consistent view of the database and checks a connection out
+        of the pool once instead of each time."""
+        if self._snapshot.get() is not None:
+            yield
+            return
+        with self._fresh_read() as conn:
+            token = self._snapshot.set(conn)
+            try:
+                yield
+            finally:
+                self._snapshot.reset(token)
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
+        shared = self._snapshot.get()
+        if shared is not None:
+            yield shared
+            return
+        with self._fresh_read() as conn:
+            yield conn
+
+    @contextmanager
+    def _fresh_read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
