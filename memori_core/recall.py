@@ -205,10 +205,6 @@ def rank(
             known = session_best.get(row.session_id)
             if row.session_id is not None and (known is None or sum(parts_here) > sum(known)):
                 session_best[row.session_id] = (parts_here[0], parts_here[1])
-    # "What does Melanie do?" is answered by what Melanie said far more often than by what was
-    # said to her; the others' turns still lift her answers as neighbours, then count less.
-    speaker_of = {m: row.speaker for m, row in rows.items()}
-    query_words = set(_WORD.findall(query.lower()))
     # Memories carry the time they were said: "in August 2023" favours what was said then.
     period = query_period(query) if config.outside_period_factor != 1.0 else None
     if period is not None:
@@ -216,33 +212,40 @@ def rank(
             period[0] - config.period_days_before * 86400.0,
             period[1] + config.period_days_after * 86400.0,
         )
+    # "What does Melanie do?" is answered by what Melanie said far more often than by what was
+    # said to her; the others' turns still lift her answers as neighbours, then count less.
+    query_words = set(_WORD.findall(query.lower()))
     named = {
         name
-        for name in set(speaker_of.values())
+        for name in {row.speaker for row in rows.values()}
         if name is not None and name.lower().split()[0] in query_words
     }
 
     current = time.time() if now is None else now
     half_life = config.recency_half_life_days * 86400.0
-    scored: list[tuple[float, ScoreParts, MemoryRow]] = []
+    neighbour_hops = [
+        (hop, weight)
+        for hop, weight in ((1, config.neighbour_weight), (2, config.second_neighbour_weight))
+        if weight > 0
+    ]
+    # Score parts are built only for what is returned; here a row carries plain floats.
+    scored: list[tuple[float, float, float, float, float, MemoryRow]] = []
     for memory_id, row in rows.items():
         lexical_part, dense_part = parts_of[memory_id]
-        for hop, weight in (
-            (1, config.neighbour_weight),
-            (2, config.second_neighbour_weight),
-        ):
-            near = [parts_of[n] for n in neighbours.get((memory_id, hop), ())]
-            if near and weight > 0:
-                best_lexical, best_dense = max(near, key=sum)
+        for hop, weight in neighbour_hops:
+            near_ids = neighbours.get((memory_id, hop))
+            if near_ids:
+                best_lexical, best_dense = max((parts_of[n] for n in near_ids), key=sum)
                 lexical_part += weight * best_lexical
                 dense_part += weight * best_dense
-        if row.session_id in session_best:
-            best_lexical, best_dense = session_best[row.session_id]
-            lexical_part += config.session_weight * best_lexical
-            dense_part += config.session_weight * best_dense
+        session_lift = session_best.get(row.session_id)
+        if session_lift is not None:
+            lexical_part += config.session_weight * session_lift[0]
+            dense_part += config.session_weight * session_lift[1]
         if lexical_part + dense_part <= 0 and memory_id not in candidate_set:
             continue  # a probed row that nothing relevant sits next to
-        if named and speaker_of[memory_id] is not None and speaker_of[memory_id] not in named:
+        speaker = row.speaker
+        if named and speaker is not None and speaker not in named:
             lexical_part *= config.other_speaker_factor
             dense_part *= config.other_speaker_factor
         # "Thanks, sounds great!" rarely holds what a question asks for, yet BM25's length
@@ -260,17 +263,14 @@ def rank(
         age = max(0.0, current - row.created_at)
         recency = config.recency_weight * 0.5 ** (age / half_life)
         salience = config.salience_weight * min(1.0, row.salience + 0.05 * (row.times_seen - 1))
-        parts = ScoreParts(
-            lexical=lexical_part, dense=dense_part, recency=recency, salience=salience
-        )
         score = lexical_part + dense_part + recency + salience
-        scored.append((score, parts, row))
-    scored.sort(key=lambda item: (-item[0], -item[2].id))
+        scored.append((score, lexical_part, dense_part, recency, salience, row))
+    scored.sort(key=lambda item: (-item[0], -item[5].id))
 
     results: list[Recalled] = []
     seen: list[set[str]] = []
     used_tokens = 0
-    for score, parts, row in scored:
+    for score, lexical_part, dense_part, recency, salience, row in scored:
         words = set(_WORD.findall(row.text.lower()))
         if any(_jaccard(words, other) >= config.duplicate_jaccard for other in seen):
             continue
@@ -284,7 +284,9 @@ def rank(
                 id=row.id,
                 text=row.text,
                 score=score,
-                parts=parts,
+                parts=ScoreParts(
+                    lexical=lexical_part, dense=dense_part, recency=recency, salience=salience
+                ),
                 kind=row.kind,
                 created_at=datetime.fromtimestamp(row.created_at, tz=UTC),
                 session_id=row.session_id,
