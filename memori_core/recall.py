@@ -223,6 +223,7 @@ def rank(
 
     current = time.time() if now is None else now
     half_life = config.recency_half_life_days * 86400.0
+    totals = {memory_id: lexical + dense for memory_id, (lexical, dense) in parts_of.items()}
     neighbour_hops = [
         (hop, weight)
         for hop, weight in ((1, config.neighbour_weight), (2, config.second_neighbour_weight))
@@ -235,7 +236,11 @@ def rank(
         for hop, weight in neighbour_hops:
             near_ids = neighbours.get((memory_id, hop))
             if near_ids:
-                best_lexical, best_dense = max((parts_of[n] for n in near_ids), key=sum)
+                # The stronger of the (at most two) turns `hop` away; the earlier one on a tie.
+                best = near_ids[0]
+                if len(near_ids) > 1 and totals[near_ids[1]] > totals[best]:
+                    best = near_ids[1]
+                best_lexical, best_dense = parts_of[best]
                 lexical_part += weight * best_lexical
                 dense_part += weight * best_dense
         session_lift = session_best.get(row.session_id)
