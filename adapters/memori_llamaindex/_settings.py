@@ -12,6 +12,9 @@ from memori_core import Memori, Scope
 
 __all__ = ["MemoriSettings", "session_uuid"]
 
+# "Not given" for the positional ids, which may legitimately be None (process_id).
+_UNSET: Any = object()
+
 # Fixed namespace so that a non-UUID session name maps to the same memori session everywhere.
 _SESSION_NAMESPACE = uuid.UUID("0b5c4f4e-8a57-4c2e-9a63-4d1c0f6f9a11")
 
@@ -61,6 +64,24 @@ class MemoriSettings(BaseModel):
     )
 
     _memori: Memori | None = PrivateAttr(default=None)
+
+    # `MemoriMemory("alice", "chef")` reads like the other adapters; keywords and JSON
+    # round-trips (`model_validate`) work too, and `memori=` lends a caller's instance.
+    def __init__(
+        self,
+        entity_id: str = _UNSET,
+        process_id: str | None = _UNSET,
+        /,
+        *,
+        memori: Memori | None = None,
+        **data: Any,
+    ) -> None:
+        if entity_id is not _UNSET:
+            data["entity_id"] = entity_id
+        if process_id is not _UNSET:
+            data["process_id"] = process_id
+        super().__init__(**data)
+        self._attach(memori)
 
     @model_validator(mode="after")
     def _check_scope(self) -> MemoriSettings:

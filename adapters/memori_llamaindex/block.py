@@ -9,13 +9,10 @@ from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.memory.memory import BaseMemoryBlock
 from pydantic import Field
 
-from memori_core import Memori
 from memori_llamaindex._settings import MemoriSettings, session_uuid
 from memori_llamaindex.messages import query_text, to_memori_all
 
 __all__ = ["MemoriMemoryBlock"]
-
-_UNSET: Any = object()
 
 
 def _by_session(messages: list[ChatMessage], default: str) -> dict[str, list[ChatMessage]]:
@@ -61,22 +58,6 @@ class MemoriMemoryBlock(MemoriSettings, BaseMemoryBlock[str]):
         default_factory=lambda: str(uuid.uuid4()),
         description="Session for messages that arrive without a Memory session id.",
     )
-
-    def __init__(
-        self,
-        entity_id: str = _UNSET,
-        process_id: str | None = _UNSET,
-        /,
-        *,
-        memori: Memori | None = None,
-        **data: Any,
-    ) -> None:
-        if entity_id is not _UNSET:
-            data["entity_id"] = entity_id
-        if process_id is not _UNSET:
-            data["process_id"] = process_id
-        super().__init__(**data)
-        self._attach(memori)
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
         """The memory block recalled for the latest user message ('' when nothing matches)."""

@@ -30,8 +30,6 @@ __all__ = ["DEFAULT_TOKEN_LIMIT", "MemoriMemory"]
 #: Same default as LlamaIndex's `ChatMemoryBuffer`, the agents' default memory.
 DEFAULT_TOKEN_LIMIT = 3000
 
-_UNSET: Any = object()
-
 # Payload key of an agent's private copy of a transcript message: the original's id, so a copy
 # is known to be "in view" exactly when the original is in the window.
 _TRANSCRIPT_ID_KEY = "memori_llamaindex.transcript_id"
@@ -135,22 +133,6 @@ class MemoriMemory(MemoriSettings, BaseMemory):
         for process_id in self.agent_process_ids.values():
             Scope(self.entity_id, process_id)
         return self
-
-    def __init__(
-        self,
-        entity_id: str = _UNSET,
-        process_id: str | None = _UNSET,
-        /,
-        *,
-        memori: Memori | None = None,
-        **data: Any,
-    ) -> None:
-        if entity_id is not _UNSET:
-            data["entity_id"] = entity_id
-        if process_id is not _UNSET:
-            data["process_id"] = process_id
-        super().__init__(**data)
-        self._attach(memori)
 
     @classmethod
     def class_name(cls) -> str:
