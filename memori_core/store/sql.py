@@ -200,6 +200,30 @@ class _ByIds:
             memories.c.source_message_ids,
         ).where(among)
 
+        # One statement for a whole batch: each turn with the turn before it in its session.
+        before = memories.alias("before")
+        previous = (
+            select(before.c.text)
+            .where(
+                before.c.session_id == memories.c.session_id,
+                before.c.entity_id == memories.c.entity_id,
+                before.c.process_id.is_not_distinct_from(memories.c.process_id),
+                before.c.kind == "event",
+                before.c.valid_to.is_(None),
+                before.c.id < memories.c.id,
+            )
+            .order_by(before.c.id.desc())
+            .limit(1)
+            .correlate(memories)
+            .scalar_subquery()
+        )
+        self.previous_turns = select(memories.c.id, previous.label("before")).where(
+            among,
+            memories.c.kind == "event",
+            memories.c.session_id.is_not(None),
+            memories.c.valid_to.is_(None),
+        )
+
     def bind(self, ids: Sequence[int]) -> dict[str, Any]:
         listed = [int(i) for i in ids]
         return {"ids": listed if self.postgres else json.dumps(listed)}
@@ -833,28 +857,11 @@ class SQLStore:
     def previous_turns(self, ids: Sequence[int]) -> dict[int, str]:
         """For each episodic turn (`event` memory) among `ids`: the text of the turn before it
         in its session and scope, when there is one (the context it is embedded with)."""
-        rows = [r for r in self.get_memories(ids).values() if r.kind == "event" and r.session_id]
-        if not rows:
+        if not ids:
             return {}
-        out: dict[int, str] = {}
         with self._read() as conn:
-            for row in rows:
-                before = conn.execute(
-                    select(memories.c.text)
-                    .where(
-                        memories.c.session_id == row.session_id,
-                        memories.c.entity_id == row.entity_id,
-                        _eq(memories.c.process_id, row.process_id),
-                        memories.c.kind == "event",
-                        memories.c.valid_to.is_(None),
-                        memories.c.id < row.id,
-                    )
-                    .order_by(memories.c.id.desc())
-                    .limit(1)
-                ).scalar()
-                if before is not None:
-                    out[row.id] = str(before)
-        return out
+            rows = conn.execute(self._by_ids.previous_turns, self._by_ids.bind(ids)).all()
+        return {int(r.id): str(r.before) for r in rows if r.before is not None}
 
     def set_embeddings(
         self, model_id: str, dimension: int, items: Sequence[tuple[int, np.ndarray]]
