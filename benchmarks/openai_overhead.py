@@ -90,36 +90,32 @@ def _reply(request: httpx2.Request) -> httpx2.Response:
     )
 
 
-# Seconds the mock model takes to answer (`--model-latency-ms`); 0 answers at once.
-MODEL_LATENCY = [0.0]
+def _client(latency: float = 0.0) -> openai.OpenAI:
+    """A client whose mock model answers after `latency` seconds."""
 
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        if latency:
+            time.sleep(latency)
+        return _reply(request)
 
-def _slow_reply(request: httpx2.Request) -> httpx2.Response:
-    if MODEL_LATENCY[0]:
-        time.sleep(MODEL_LATENCY[0])
-    return _reply(request)
-
-
-async def _aslow_reply(request: httpx2.Request) -> httpx2.Response:
-    if MODEL_LATENCY[0]:
-        await asyncio.sleep(MODEL_LATENCY[0])
-    return _reply(request)
-
-
-def _client() -> openai.OpenAI:
     return openai.OpenAI(
         api_key="test",
         base_url="http://bench/v1",
-        http_client=httpx2.Client(transport=httpx2.MockTransport(_slow_reply)),
+        http_client=httpx2.Client(transport=httpx2.MockTransport(answer)),
         max_retries=0,
     )
 
 
-def _async_client() -> openai.AsyncOpenAI:
+def _async_client(latency: float = 0.0) -> openai.AsyncOpenAI:
+    async def answer(request: httpx2.Request) -> httpx2.Response:
+        if latency:
+            await asyncio.sleep(latency)
+        return _reply(request)
+
     return openai.AsyncOpenAI(
         api_key="test",
         base_url="http://bench/v1",
-        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(_aslow_reply)),
+        http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)),
         max_retries=0,
     )
 
@@ -204,7 +200,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _copy_sqlite(db, seed)
     populate_s = time.perf_counter() - t0
 
-    bare, registered = _client(), _client()
+    latency = args.model_latency_ms / 1000
+    bare, registered = _client(latency), _client(latency)
     mem.llm.register(registered)
     # What a chat app keeps and resends: its conversation so far, the last 10 messages of it.
     conversation: list[dict[str, str]] = []
@@ -251,7 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results[name] = _summary(bare_ms, wrapped_ms)
 
     async def async_scenario() -> dict[str, float]:
-        abare, awrapped = _async_client(), _async_client()
+        abare, awrapped = _async_client(latency), _async_client(latency)
         mem.llm.register(awrapped)
         bare_ms: list[float] = []
         wrapped_ms: list[float] = []
@@ -300,7 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     stub = Stubbed(url, embedder=embedder)
     stub.attribution(entity_id="bench-user", process_id="bench")
-    stubbed = _client()
+    stubbed = _client(latency)
     stub.llm.register(stubbed)
     bare_ms, wrapped_ms = [], []
     for i in range(args.warmup + args.calls):
@@ -355,7 +352,6 @@ def main() -> None:
     )
     parser.add_argument("--out", default="benchmarks/results/openai_overhead.json")
     args = parser.parse_args()
-    MODEL_LATENCY[0] = args.model_latency_ms / 1000
     report = run(args)
 
     print(

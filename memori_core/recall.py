@@ -123,11 +123,7 @@ def rank(
     """The `limit` best memories of `scope` for `query`, each with its score parts."""
     # The query's embedding (the slowest step) runs on another core while the lexical leg
     # and the vector cache refresh run here: ONNX inference and SQLite release the GIL.
-    pending = (
-        _submit_embedding(embedder, query)
-        if embedder is not None and query.strip() and OVERLAP_QUERY_EMBEDDING[0]
-        else None
-    )
+    pending = _submit_embedding(embedder, query) if embedder is not None and query.strip() else None
     try:
         terms = lexical_terms(query)
         lexical = (
@@ -443,8 +439,6 @@ def _neighbours(rows: Iterable[MemoryRow]) -> dict[tuple[int, int], list[int]]:
     return out
 
 
-# A list so benchmarks can switch it off to measure what the overlap is worth.
-OVERLAP_QUERY_EMBEDDING = [True]
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 _pool_lock = threading.Lock()
 
