@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from memori_core.embedding import Embedder, check_vectors
+from memori_core.embedding import Embedder, embed_query
 from memori_core.scope import Scope
 from memori_core.store.sql import MemoryRow, SQLStore
 from memori_core.store.vectors import similarities
@@ -464,7 +464,7 @@ def _submit_embedding(embedder: Embedder, query: str) -> Future[np.ndarray | Non
 def _embed_query(embedder: Embedder, query: str) -> np.ndarray | None:
     """The query's vector, or None when the embedder fails: recall then stays lexical."""
     try:
-        vector: np.ndarray = check_vectors(embedder.embed([query]), 1, embedder.dimension)[0]
+        vector = embed_query(embedder, query)
     except Exception:
         log.warning("embedding the query failed; recalling lexically", exc_info=True)
         return None

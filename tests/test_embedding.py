@@ -17,6 +17,8 @@ from memori_core.embedding import (
     MiniLMEmbedder,
     _LazyEmbedder,
     check_vectors,
+    embed_query,
+    quantize_activations,
     resolve_embedder,
 )
 from memori_core.errors import ConfigurationError, InvalidVectorError
@@ -46,6 +48,86 @@ def test_batching_order_does_not_change_vectors(minilm: MiniLMEmbedder) -> None:
     together = minilm.embed(texts)
     alone = np.vstack([minilm.embed([t]) for t in texts])
     assert np.allclose(together, alone, atol=1e-4)
+
+
+def test_queries_multiply_the_same_int8_weights_in_int8(minilm: MiniLMEmbedder) -> None:
+    """The query graph differs from the exact one only by quantizing activations per call."""
+    texts = [
+        "I'm planning a trip to Tokyo.",
+        "My printer is out of toner.",
+        "Which city am I travelling to?",
+        "What did Caroline say about the support group she went to on 8 May 2023?",
+    ]
+    exact = minilm.embed(texts)
+    fast = np.vstack([minilm.embed_query(t) for t in texts])
+    assert fast.shape == exact.shape and fast.dtype == np.float32
+    assert np.allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.sum(fast * exact, axis=1) > 0.98)
+    assert not np.allclose(fast, exact, atol=1e-4)  # it did take the other graph
+    assert fast[2] @ exact[0] > fast[2] @ exact[1] + 0.1
+    assert np.allclose(embed_query(minilm, texts[0]), fast[0])
+
+
+def _int8_weight_graph(weight: np.ndarray, scale: np.ndarray, dense: np.ndarray) -> bytes:
+    """x @ (float(weight) * scale) @ dense, as the shipped model stores its products."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Cast", ["w_q"], ["w_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["w_f", "w_scale"], ["w"]),
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="int8_product"),
+        helper.make_node("MatMul", ["h", "dense"], ["y"], name="float_product"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", weight.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", dense.shape[1]])],
+        [
+            numpy_helper.from_array(weight, "w_q"),
+            numpy_helper.from_array(scale, "w_scale"),
+            numpy_helper.from_array(dense, "dense"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+def test_quantize_activations_rewrites_only_products_of_int8_weights(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weight = rng.integers(-127, 128, size=(16, 8), dtype=np.int8)
+    scale = rng.uniform(0.001, 0.01, size=(1, 8)).astype(np.float32)
+    dense = rng.normal(size=(8, 4)).astype(np.float32)
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(_int8_weight_graph(weight, scale, dense))
+    rewritten = quantize_activations(path)
+    assert rewritten is not None
+    ops = {node.name: node.op_type for node in onnx.load_from_string(rewritten).graph.node}
+    assert ops == {"int8_product_quantized": "DynamicQuantizeMatMul", "float_product": "MatMul"}
+
+    x = rng.normal(size=(5, 16)).astype(np.float32)
+    expected = x @ (weight.astype(np.float32) * scale) @ dense
+    got = ort.InferenceSession(rewritten, providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[
+        0
+    ]
+    assert np.allclose(got, expected, rtol=0.05, atol=0.05 * np.abs(expected).max())
+
+    # A model with no int8 weight has nothing to rewrite.
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "dense"], ["y"])],
+        "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(dense, "dense")],
+    )
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(helper.make_model(graph).SerializeToString())
+    assert quantize_activations(plain) is None
 
 
 def test_default_is_lazy_and_shared() -> None:
@@ -80,6 +162,32 @@ def test_default_embedder_reuses_vectors_of_recent_texts() -> None:
     assert np.allclose(again[0], first[1]) and np.allclose(again[2], first[0])
     assert np.allclose(again[1], model.embed(["new text"])[0])
     assert lazy.embed([]).shape == (0, model.dimension)
+
+
+def test_an_approximate_query_vector_never_becomes_a_memory_vector() -> None:
+    """A query may take a faster, approximate path; a memory always gets the exact vector."""
+    model = HashEmbedder()
+    calls: list[tuple[str, str]] = []
+
+    class WithQueryPath:
+        model_id, dimension = model.model_id, model.dimension
+
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            calls.extend(("exact", t) for t in texts)
+            return model.embed(texts)
+
+        def embed_query(self, text: str) -> np.ndarray:
+            calls.append(("query", text))
+            return -model.embed([text])[0]  # distinguishable from the exact vector
+
+    lazy = _LazyEmbedder(WithQueryPath, model.model_id, model.dimension)
+    asked = lazy.embed_query("I live in Oslo")
+    stored = lazy.embed(["I live in Oslo"])[0]
+    assert np.allclose(stored, model.embed(["I live in Oslo"])[0])
+    assert np.allclose(asked, -stored)
+    # An exact vector serves a later query at no cost.
+    assert np.allclose(lazy.embed_query("I live in Oslo"), stored)
+    assert calls == [("query", "I live in Oslo"), ("exact", "I live in Oslo")]
 
 
 def test_bad_vectors_are_refused() -> None:

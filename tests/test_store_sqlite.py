@@ -76,3 +76,52 @@ def test_two_processes_write_concurrently_without_losing_a_turn(tmp_path: Path) 
         mem = Memori(url, embedder=None).attribution("shared-user", f"agent-{n}")
         total = sum(s.message_count for s in mem.sessions())
         assert total == 40
+
+
+def test_commits_are_synced_at_checkpoints_unless_the_url_asks_for_every_commit(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import text
+
+    from memori_core.errors import ConfigurationError
+    from memori_core.store.engine import create_store_engine
+
+    path = tmp_path / "sync.db"
+    levels = {}
+    for option, url in (
+        ("default", f"sqlite:///{path}"),
+        ("full", f"sqlite:///{path}?synchronous=full"),
+        ("NORMAL", f"sqlite:///{path}?synchronous=NORMAL"),
+    ):
+        with create_store_engine(url).connect() as conn:
+            levels[option] = conn.execute(text("PRAGMA synchronous")).scalar()
+    assert levels == {"default": 1, "full": 2, "NORMAL": 1}  # 1 NORMAL, 2 FULL
+    # The option configures the connection; it is not part of the file's name.
+    Memori(f"sqlite:///{path}?synchronous=full", embedder=None).attribution("u").record(
+        [{"role": "user", "content": "kept in sync.db"}]
+    )
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".db"] == ["sync.db"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT content FROM memori_messages").fetchall() == [
+            ("kept in sync.db",)
+        ]
+    with pytest.raises(ConfigurationError, match="synchronous"):
+        Memori(f"sqlite:///{path}?synchronous=sometimes", embedder=None)
+
+
+def test_a_recorded_turn_survives_the_process_dying_right_after(tmp_path: Path) -> None:
+    """`synchronous=NORMAL` still makes each commit durable against a crash of the process."""
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from memori_core import Memori
+        mem = Memori({url!r}, embedder=None).attribution("u", "agent")
+        mem.record([{{"role": "user", "content": "I moved to Bergen"}}])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr.decode()
+    mem = Memori(url, embedder=None).attribution("u", "agent")
+    assert [r.text for r in mem.recall("Bergen")] == ["I moved to Bergen"]
