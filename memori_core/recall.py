@@ -121,9 +121,16 @@ def rank(
     vector_index: VectorIndex | None = None,
 ) -> list[Recalled]:
     """The `limit` best memories of `scope` for `query`, each with its score parts."""
-    # The query's embedding (the slowest step) runs on another core while the lexical leg
-    # and the vector cache refresh run here: ONNX inference and SQLite release the GIL.
-    pending = _submit_embedding(embedder, query) if embedder is not None and query.strip() else None
+    # The query's embedding and its similarity to every vector of the scope (the slowest
+    # steps) run on another core while the lexical leg runs here: ONNX inference, einsum and
+    # SQLite release the GIL.
+    wants_vector = embedder is not None and bool(query.strip())
+    scope_ids, scope_matrix = (
+        store.scope_vectors(scope, embedder.model_id, share_across_processes)
+        if embedder is not None and vector_index is None and wants_vector
+        else (None, None)
+    )
+    pending = _submit_dense(embedder, query, scope_matrix) if embedder and wants_vector else None
     try:
         terms = lexical_terms(query)
         lexical = (
@@ -131,21 +138,16 @@ def rank(
             if terms
             else []
         )
-        scope_ids, scope_matrix = (
-            store.scope_vectors(scope, embedder.model_id, share_across_processes)
-            if embedder is not None and vector_index is None
-            else (None, None)
-        )
     finally:
-        vector = pending.result() if pending is not None else None
-    if pending is None and embedder is not None and query.strip():
-        vector = _embed_query(embedder, query)
+        vector, scores = pending.result() if pending is not None else (None, None)
+    if pending is None and embedder is not None and wants_vector:
+        vector, scores = _dense_leg(embedder, query, scope_matrix)
     dense = _DenseScores.empty()
     if embedder is not None and vector is not None:
         if vector_index is None:
             # Every vector of the scope is at hand: neighbours get their exact similarity.
-            if scope_ids is not None and scope_matrix is not None:
-                dense = _DenseScores(scope_ids, similarities(scope_matrix, vector))
+            if scope_ids is not None and scores is not None:
+                dense = _DenseScores(scope_ids, scores)
         else:
             hits = store.dense_search(
                 scope,
@@ -444,7 +446,8 @@ _pool_lock = threading.Lock()
 
 
 def _query_pool() -> ThreadPoolExecutor:
-    """Threads that embed queries, made on first use (and again in a forked child)."""
+    """Threads that run the dense leg of recalls, made on first use (and again in a forked
+    child)."""
     global _pool
     with _pool_lock:
         if _pool is None or _pool[0] != os.getpid():
@@ -454,21 +457,27 @@ def _query_pool() -> ThreadPoolExecutor:
         return _pool[1]
 
 
-def _submit_embedding(embedder: Embedder, query: str) -> Future[np.ndarray | None] | None:
+def _submit_dense(
+    embedder: Embedder, query: str, matrix: np.ndarray | None
+) -> Future[tuple[np.ndarray | None, np.ndarray | None]] | None:
     try:
-        return _query_pool().submit(_embed_query, embedder, query)
-    except RuntimeError:  # interpreter shutting down: embed inline instead
+        return _query_pool().submit(_dense_leg, embedder, query, matrix)
+    except RuntimeError:  # interpreter shutting down: run it inline instead
         return None
 
 
-def _embed_query(embedder: Embedder, query: str) -> np.ndarray | None:
-    """The query's vector, or None when the embedder fails: recall then stays lexical."""
+def _dense_leg(
+    embedder: Embedder, query: str, matrix: np.ndarray | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The query's vector and its similarity to each row of `matrix` (None without one).
+
+    A failing embedder leaves (None, None): recall then stays lexical."""
     try:
         vector = embed_query(embedder, query)
     except Exception:
         log.warning("embedding the query failed; recalling lexically", exc_info=True)
-        return None
-    return vector
+        return None, None
+    return vector, (similarities(matrix, vector) if matrix is not None else None)
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:

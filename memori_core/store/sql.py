@@ -158,6 +158,35 @@ _NEWER_IN_PROCESS = _newer_rows(memories.c.process_id == bindparam("process"))
 _NEWER_ENTITY_WIDE = _newer_rows(memories.c.process_id.is_(None))
 
 
+class _WriteStatements:
+    """The statements every recorded turn runs, built once per dialect (values are bound)."""
+
+    def __init__(self, dialect: str) -> None:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        upsert = insert(sessions)
+        self.upsert_session = upsert.on_conflict_do_update(
+            index_elements=["id"], set_={"last_active_at": upsert.excluded.last_active_at}
+        ).returning(sessions.c.entity_id, sessions.c.process_id)
+        self.insert_memory = memories.insert().returning(memories.c.id)
+        self.insert_messages = messages.insert().returning(messages)
+        self.tail_in_process = self._tail(messages.c.process_id == bindparam("process"))
+        self.tail_entity_wide = self._tail(messages.c.process_id.is_(None))
+
+    @staticmethod
+    def _tail(process: ColumnElement[bool]) -> Any:
+        """The last `limit` messages' (seq, content_hash) of a session, newest first."""
+        return (
+            select(messages.c.seq, messages.c.content_hash)
+            .where(
+                messages.c.session_id == bindparam("session"),
+                messages.c.entity_id == bindparam("entity"),
+                process,
+            )
+            .order_by(messages.c.seq.desc())
+            .limit(bindparam("limit"))
+        )
+
+
 class _ByIds:
     """Hot statements that take a list of memory ids, built once per dialect.
 
@@ -239,6 +268,9 @@ class SQLStore:
         self._vectors = VectorCache()
         self._rows: dict[int, tuple[tuple[Any, ...], MemoryRow]] = {}
         self._by_ids = _ByIds(self.dialect)
+        self._lexical: dict[tuple[bool, bool], Any] = {}
+        self._statements = _WriteStatements(self.dialect)
+        self._transcripts: dict[tuple[bool, bool], Any] = {}
         self._migrate_lock = threading.Lock()
         self._snapshot: ContextVar[Connection | None] = ContextVar(
             f"memori_core_snapshot_{id(self):x}", default=None
@@ -321,21 +353,18 @@ class SQLStore:
 
     def _ensure_session(self, conn: Connection, scope: Scope, now: float) -> None:
         assert scope.session_id is not None
-        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
-        statement = insert(sessions).values(
-            id=scope.session_id,
-            entity_id=scope.entity_id,
-            process_id=scope.process_id,
-            created_at=now,
-            last_active_at=now,
-        )
         # One statement creates or touches the session and says whose it is. Updating the row
         # also locks it on PostgreSQL, which serialises writers of one session (SQLite's
         # BEGIN IMMEDIATE already does), so sequence numbers never collide.
         owner = conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=["id"], set_={"last_active_at": statement.excluded.last_active_at}
-            ).returning(sessions.c.entity_id, sessions.c.process_id)
+            self._statements.upsert_session,
+            {
+                "id": scope.session_id,
+                "entity_id": scope.entity_id,
+                "process_id": scope.process_id,
+                "created_at": now,
+                "last_active_at": now,
+            },
         ).one()
         if (owner.entity_id, owner.process_id) != (scope.entity_id, scope.process_id):
             raise ScopeError(f"session {scope.session_id} belongs to another entity or process")
@@ -375,13 +404,33 @@ class SQLStore:
         )
 
     def get_messages(self, scope: Scope, limit: int | None = None) -> list[StoredMessage]:
-        query = select(messages).where(self._scope_filter_messages(scope))
-        if limit is not None:
-            query = query.order_by(messages.c.seq.desc()).limit(limit)
-        else:
-            query = query.order_by(messages.c.seq)
+        in_process = scope.process_id is not None
+        key = (in_process, limit is not None)
+        query = self._transcripts.get(key)
+        if query is None:
+            process = (
+                messages.c.process_id == bindparam("process")
+                if in_process
+                else messages.c.process_id.is_(None)
+            )
+            query = select(messages).where(
+                messages.c.session_id == bindparam("session"),
+                messages.c.entity_id == bindparam("entity"),
+                process,
+            )
+            if limit is not None:
+                query = query.order_by(messages.c.seq.desc()).limit(bindparam("limit"))
+            else:
+                query = query.order_by(messages.c.seq)
+            self._transcripts[key] = query
+        params = {
+            "session": scope.session_id,
+            "entity": scope.entity_id,
+            "process": scope.process_id,
+            "limit": limit,
+        }
         with self._read() as conn:
-            rows = list(conn.execute(query).all())
+            rows = list(conn.execute(query, params).all())
         if limit is not None:
             rows.reverse()
         return [self._stored(r) for r in rows]
@@ -422,10 +471,15 @@ class SQLStore:
         with self._write() as conn:
             self._ensure_session(conn, scope, now)
             tail = conn.execute(
-                select(messages.c.seq, messages.c.content_hash)
-                .where(self._scope_filter_messages(scope))
-                .order_by(messages.c.seq.desc())
-                .limit(max(len(new_messages), 1))
+                self._statements.tail_in_process
+                if scope.process_id is not None
+                else self._statements.tail_entity_wide,
+                {
+                    "session": scope.session_id,
+                    "entity": scope.entity_id,
+                    "process": scope.process_id,
+                    "limit": max(len(new_messages), 1),
+                },
             ).all()
             last_seq = tail[0].seq if tail else 0
             skip = 0
@@ -458,7 +512,7 @@ class SQLStore:
                 )
             if not rows:
                 return []
-            inserted = conn.execute(messages.insert().returning(messages), rows).all()
+            inserted = conn.execute(self._statements.insert_messages, rows).all()
             stored = sorted((self._stored(r) for r in inserted), key=lambda m: m.seq)
             drafts, extraction_failed = drafts_for(stored)
             if drafts:
@@ -568,24 +622,23 @@ class SQLStore:
                     )
                     continue
             new_id = conn.execute(
-                memories.insert()
-                .values(
-                    entity_id=scope.entity_id,
-                    process_id=process_id,
-                    session_id=scope.session_id,
-                    kind=draft.kind,
-                    text=draft.text,
-                    text_hash=digest,
-                    scope_key=scope_key(scope.entity_id, process_id),
-                    fact_key=draft.fact_key,
-                    source_message_ids=json.dumps(source_ids),
-                    created_at=created,
-                    valid_from=created,
-                    salience=draft.salience,
-                    times_seen=1,
-                    embed_attempts=0,
-                )
-                .returning(memories.c.id)
+                self._statements.insert_memory,
+                {
+                    "entity_id": scope.entity_id,
+                    "process_id": process_id,
+                    "session_id": scope.session_id,
+                    "kind": draft.kind,
+                    "text": draft.text,
+                    "text_hash": digest,
+                    "scope_key": scope_key(scope.entity_id, process_id),
+                    "fact_key": draft.fact_key,
+                    "source_message_ids": json.dumps(source_ids),
+                    "created_at": created,
+                    "valid_from": created,
+                    "salience": draft.salience,
+                    "times_seen": 1,
+                    "embed_attempts": 0,
+                },
             ).scalar_one()
             if draft.fact_key is not None:
                 conn.execute(
@@ -614,16 +667,49 @@ class SQLStore:
         terms = list(dict.fromkeys(t.lower() for t in _TOKEN.findall(query)))[:32]
         if not terms:
             return []
-        visible = self._visible(scope, share_across_processes)
+        entity_wide = scope.process_id is None
+        shared = share_across_processes and not entity_wide
+        statement = self._lexical_statement(entity_wide, shared)
+        params: dict[str, Any] = {
+            "entity": scope.entity_id,
+            "process": scope.process_id,
+            "limit": limit,
+        }
         if self.dialect == "sqlite":
             quoted = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
             keys = [scope_key(scope.entity_id, scope.process_id)]
-            if share_across_processes and scope.process_id is not None:
+            if shared:
                 keys.append(scope_key(scope.entity_id, None))
             # Only hashes and quoted terms reach the MATCH string: ids are never FTS syntax.
-            match = f"scope_key : ({' OR '.join(keys)}) AND text : ({quoted})"
+            params["match"] = f"scope_key : ({' OR '.join(keys)}) AND text : ({quoted})"
             # FTS5 keeps only the top rows when ranking with ORDER BY rank LIMIT; the
-            # margin covers superseded memories that the join below drops.
+            # margin covers superseded memories that the join drops.
+            params["inner_limit"] = limit + 32
+            with self._read() as conn:
+                rows = conn.execute(statement, params).all()
+            return [(int(r.id), -float(r.rank)) for r in rows]
+        params["q"] = " | ".join(_pg_lexeme(t) for t in terms)
+        with self._read() as conn:
+            rows = conn.execute(statement, params).all()
+        return [(int(r.id), float(r.rank)) for r in rows]
+
+    def _lexical_statement(self, entity_wide: bool, shared: bool) -> Any:
+        """The lexical search for one shape of scope, built once (its values are bound)."""
+        key = (entity_wide, shared)
+        statement = self._lexical.get(key)
+        if statement is not None:
+            return statement
+        process: ColumnElement[bool] = (
+            memories.c.process_id.is_(None)
+            if entity_wide
+            else memories.c.process_id == bindparam("process")
+        )
+        if shared:
+            process = or_(process, memories.c.process_id.is_(None))
+        visible = and_(
+            memories.c.entity_id == bindparam("entity"), process, memories.c.valid_to.is_(None)
+        )
+        if self.dialect == "sqlite":
             fts = (
                 text(
                     f"SELECT rowid AS id, rank FROM {FTS_TABLE} "
@@ -637,23 +723,20 @@ class SQLStore:
                 .join(memories, memories.c.id == fts.c.id)
                 .where(visible)
                 .order_by(fts.c.rank)
-                .limit(limit)
+                .limit(bindparam("limit"))
             )
-            with self._read() as conn:
-                rows = conn.execute(statement, {"match": match, "inner_limit": limit + 32}).all()
-            return [(int(r.id), -float(r.rank)) for r in rows]
-        tsvector: ColumnElement[Any] = literal_column("memori_memories.text_tsv")
-        tsquery = func.to_tsquery("english", bindparam("q"))
-        rank = func.ts_rank_cd(tsvector, tsquery)
-        statement = (
-            select(memories.c.id, rank.label("rank"))
-            .where(visible, tsvector.op("@@")(tsquery))
-            .order_by(rank.desc())
-            .limit(limit)
-        )
-        with self._read() as conn:
-            rows = conn.execute(statement, {"q": " | ".join(_pg_lexeme(t) for t in terms)}).all()
-        return [(int(r.id), float(r.rank)) for r in rows]
+        else:
+            tsvector: ColumnElement[Any] = literal_column("memori_memories.text_tsv")
+            tsquery = func.to_tsquery("english", bindparam("q"))
+            rank = func.ts_rank_cd(tsvector, tsquery)
+            statement = (
+                select(memories.c.id, rank.label("rank"))
+                .where(visible, tsvector.op("@@")(tsquery))
+                .order_by(rank.desc())
+                .limit(bindparam("limit"))
+            )
+        self._lexical[key] = statement
+        return statement
 
     def _scope_vectors(
         self, entity_id: str, process_id: str | None, model_id: str, dimension: int
