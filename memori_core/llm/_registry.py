@@ -10,6 +10,7 @@ each registering its own `Memori`, every call uses its own request's `Memori`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -337,25 +338,13 @@ class LLMRegistry:
     # -- async I/O (same steps; only the awaiting differs) ------------------------------------
 
     async def _afetch(self, turn: Turn) -> tuple[str, list[StoredMessage]]:
-        block = ""
-        history: list[StoredMessage] = []
-        try:
-            if turn.query:
-                block = await self.memori.acontext(turn.query)
-            if turn.wants_history:
-                history = await self.memori.amessages(turn.session_id, limit=self.replay_messages)
-        except Exception:
-            self._recall_failed()
-        return block, history
+        # One worker-thread hop for recall and the transcript read (each hop costs the event
+        # loop a wake-up); the steps are the sync ones.
+        return await asyncio.to_thread(self._fetch, turn)
 
     async def _arecord(self, turn: Turn, messages: list[Message] | None) -> None:
-        if not messages:
-            return
-        write = self.memori.aappend if turn.all_new else self.memori.arecord
-        try:
-            await write(messages, session_id=turn.session_id)
-        except Exception:
-            self._record_failed()
+        if messages:
+            await asyncio.to_thread(self._record, turn, messages)
 
     async def _acall(
         self,
