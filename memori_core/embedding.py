@@ -19,7 +19,13 @@ import numpy as np
 
 from memori_core.errors import ConfigurationError, InvalidVectorError
 
-__all__ = ["Embedder", "MiniLMEmbedder", "check_vectors", "embed_query", "resolve_embedder"]
+__all__ = [
+    "Embedder",
+    "MiniLMEmbedder",
+    "check_vectors",
+    "quantize_activations",
+    "resolve_embedder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +47,6 @@ class Embedder(Protocol):
         ...
 
 
-def embed_query(embedder: Embedder, text: str) -> np.ndarray:
-    """The vector of one recall query, checked and normalised.
-
-    An embedder may offer a faster path for the query, which is embedded while the caller
-    waits (memories are embedded in the background): `embed_query(text)`, returning a
-    `(dimension,)` vector comparable with what `embed` returns.
-    """
-    fast = getattr(embedder, "embed_query", None)
-    raw = fast(text) if callable(fast) else embedder.embed([text])
-    vector: np.ndarray = check_vectors(np.reshape(raw, (1, -1)), 1, embedder.dimension)[0]
-    return vector
-
-
 def check_vectors(vectors: Any, count: int, dimension: int) -> np.ndarray:
     """Validate an embedder's output; raise `InvalidVectorError` rather than store garbage."""
     array = np.asarray(vectors, dtype=np.float32)
@@ -73,12 +66,12 @@ class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime: 384 dimensions.
 
     The shipped graph stores int8 weights that onnxruntime widens to float32 when it loads
-    them, so every product runs in float32. Memories are embedded with that exact graph. A
-    query, which a caller waits for, runs through a copy whose products multiply the same int8
-    weights with the activations quantized to 8 bits on the fly (onnxruntime's
-    `DynamicQuantizeMatMul`): 1.9 ms instead of 3.7 ms for a 15-token query on one core
-    here, at a cosine of about 0.993 to the exact vector (LoCoMo numbers in
-    benchmarks/README.md). Without the `onnx` package the query uses the exact graph.
+    them, so every product would run in float32. By default each product instead multiplies
+    the same int8 weights with its input quantized to 8 bits per call (`quantize_activations`):
+    a 15-token query takes 1.9 ms instead of 3.7 ms on one core here, a batch 2.2x less, at a
+    cosine of about 0.993 to the float32 vector, and LoCoMo R@10 0.800 instead of 0.802
+    (benchmarks/README.md). `int8_activations=False` runs the float32 graph; so does a model
+    the rewrite does not apply to. Vectors of both are comparable (same model, same id).
     """
 
     model_id = "all-MiniLM-L6-v2-int8"
@@ -86,7 +79,13 @@ class MiniLMEmbedder:
     max_tokens = 256
     batch_size = 32
 
-    def __init__(self, model_path: str | Path | None = None, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        threads: int = 1,
+        int8_activations: bool = True,
+    ) -> None:
         try:
             import onnxruntime as ort
             from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
@@ -112,13 +111,18 @@ class MiniLMEmbedder:
         # Spinning threads burn the CPU the app needs between calls; measured p95 18.8 -> 9.9 ms.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
-        self._model_path = Path(model_path)
-        self._options = options
+        model: str | bytes = str(model_path)
+        quantized = quantize_activations(Path(model_path)) if int8_activations else None
+        if quantized is not None:
+            model = quantized
+            # An input is quantized with one scale for the whole batch (padding included), so
+            # a text's vector would depend on the texts beside it: one text per run keeps it
+            # its own, and is faster here anyway (327 vs 237 LoCoMo turns/s; float32 batches
+            # of 32 managed 119/s).
+            self.batch_size = 1
         self._session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            model, sess_options=options, providers=["CPUExecutionProvider"]
         )
-        self._query_session: Any = None
-        self._query_session_lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
@@ -131,35 +135,7 @@ class MiniLMEmbedder:
             out[chunk] = self._embed_batch([texts[i] for i in chunk])
         return out
 
-    def embed_query(self, text: str) -> np.ndarray:
-        """One query's `(dimension,)` vector, through the quantized-activation graph."""
-        vector: np.ndarray = self._embed_batch([text], self._query_graph())[0]
-        return vector
-
-    def _query_graph(self) -> Any:
-        session = self._query_session
-        if session is None:
-            with self._query_session_lock:
-                if self._query_session is None:
-                    self._query_session = self._quantized_session()
-                session = self._query_session
-        return session
-
-    def _quantized_session(self) -> Any:
-        import onnxruntime as ort
-
-        try:
-            model = quantize_activations(self._model_path)
-        except Exception:
-            log.info("queries use the exact embedding graph", exc_info=True)
-            return self._session
-        if model is None:
-            return self._session
-        return ort.InferenceSession(
-            model, sess_options=self._options, providers=["CPUExecutionProvider"]
-        )
-
-    def _embed_batch(self, texts: list[str], session: Any = None) -> np.ndarray:
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(texts)
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(texts), width), dtype=np.int64)
@@ -170,7 +146,7 @@ class MiniLMEmbedder:
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         # InferenceSession.run is thread-safe and releases the GIL: a query embedded while the
         # background indexer runs a batch proceeds on the other core instead of queueing.
-        (hidden,) = (session or self._session).run(["last_hidden_state"], feeds)
+        (hidden,) = self._session.run(["last_hidden_state"], feeds)
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
@@ -185,8 +161,12 @@ def quantize_activations(model_path: Path) -> bytes | None:
     The weights stay bit for bit what the package ships: `Cast(int8) -> Mul(per-column scale)
     -> MatMul` becomes one node that quantizes its input per call and multiplies in int8.
     """
-    import onnx
-    from onnx import helper, numpy_helper
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:  # a core dependency; a broken install still embeds, only slower
+        log.warning("the onnx package is missing: embedding with the float32 graph")
+        return None
 
     model = onnx.load(str(model_path))
     graph = model.graph
@@ -298,9 +278,7 @@ class _LazyEmbedder:
 
     The same text is often embedded more than once: a question recalled by several hooks of
     one framework run, a retried call, and a session's first message, which is the recall
-    query before the model call and then a memory embedded by the background indexer. A
-    query's vector may come from a faster, approximate path: it serves later queries, never a
-    memory, which always gets the exact vector.
+    query before the model call and then a memory embedded by the background indexer.
     """
 
     cache_size = 1024
@@ -311,8 +289,7 @@ class _LazyEmbedder:
         self.dimension = dimension
         self._inner: Embedder | None = None
         self._lock = threading.Lock()
-        # text -> (vector, exact)
-        self._recent: OrderedDict[str, tuple[np.ndarray, bool]] = OrderedDict()
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         self._recent_lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -321,41 +298,21 @@ class _LazyEmbedder:
         with self._recent_lock:
             for i, text in enumerate(texts):
                 known = self._recent.get(text)
-                if known is None or not known[1]:
+                if known is None:
                     missing.append(i)
                 else:
                     self._recent.move_to_end(text)
-                    out[i] = known[0]
+                    out[i] = known
         if not missing:
             return out
         fresh = np.asarray(self._model().embed([texts[i] for i in missing]), dtype=np.float32)
         out[missing] = fresh
-        self._remember([(texts[i], vector) for i, vector in zip(missing, fresh, strict=True)], True)
-        return out
-
-    def embed_query(self, text: str) -> np.ndarray:
         with self._recent_lock:
-            known = self._recent.get(text)
-            if known is not None:
-                self._recent.move_to_end(text)
-                return known[0]
-        model = self._model()
-        fast = getattr(model, "embed_query", None)
-        exact = not callable(fast)
-        vector = np.asarray(
-            model.embed([text])[0] if exact else fast(text),  # type: ignore[misc]
-            dtype=np.float32,
-        )
-        self._remember([(text, vector)], exact)
-        return vector
-
-    def _remember(self, vectors: list[tuple[str, np.ndarray]], exact: bool) -> None:
-        with self._recent_lock:
-            for text, vector in vectors:
-                self._recent[text] = (vector, exact)
-                self._recent.move_to_end(text)
+            for i, vector in zip(missing, fresh, strict=True):
+                self._recent[texts[i]] = vector
             while len(self._recent) > self.cache_size:
                 self._recent.popitem(last=False)
+        return out
 
     def _model(self) -> Embedder:
         inner = self._inner

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from memori_core.embedding import Embedder, embed_query
+from memori_core.embedding import Embedder, check_vectors
 from memori_core.scope import Scope
 from memori_core.store.sql import MemoryRow, SQLStore
 from memori_core.store.vectors import similarities
@@ -473,7 +473,7 @@ def _dense_leg(
 
     A failing embedder leaves (None, None): recall then stays lexical."""
     try:
-        vector = embed_query(embedder, query)
+        vector = check_vectors(embedder.embed([query]), 1, embedder.dimension)[0]
     except Exception:
         log.warning("embedding the query failed; recalling lexically", exc_info=True)
         return None, None
