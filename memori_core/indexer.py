@@ -184,13 +184,22 @@ class EmbeddingIndexer:
 
 
 def _lower_priority() -> None:
-    """Run this thread at a lower CPU priority (Linux: a per-thread nice value).
+    """Run this thread only when a core would otherwise idle (Linux `SCHED_IDLE`), else at a
+    lower nice value.
 
-    Embedding a model reply costs ~0.3 ms of CPU a token on one core, more than the call that
-    made it; when cores are short the app's own threads should win, and the backlog waits.
+    Embedding a model reply costs more CPU than the call that made it; when cores are short
+    the app's own threads should win, and the backlog waits. With calls back to back on 2
+    cores, nice 10 still let the backlog take ~2 ms of each call's p50 (11.9 -> 9.7 ms at
+    10k memories, benchmarks/README.md); `SCHED_IDLE` only takes cycles nobody wants.
     """
+    native_id = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+        os.sched_setscheduler(native_id, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        log.debug("SCHED_IDLE unavailable for the embedding thread", exc_info=True)
+    try:
+        os.setpriority(os.PRIO_PROCESS, native_id, BACKGROUND_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
         log.debug("could not lower the embedding thread's priority", exc_info=True)
 

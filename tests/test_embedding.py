@@ -183,7 +183,7 @@ def test_new_memories_are_embedded_in_the_background(tmp_path: Path) -> None:
     workers = [t for t in threading.enumerate() if t.name == "memori-embedder"]
     assert workers
     if sys.platform == "linux":
-        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
         for worker in workers:
             assert worker.native_id is not None
-            assert os.getpriority(os.PRIO_PROCESS, worker.native_id) > mine
+            assert os.sched_getscheduler(worker.native_id) == os.SCHED_IDLE
