@@ -130,7 +130,7 @@ def rank(
         if embedder is not None and vector_index is None and wants_vector
         else (None, None)
     )
-    pending = _submit_dense(embedder, query, scope_matrix) if embedder and wants_vector else None
+    pending = _DenseLeg(embedder, query, scope_matrix) if embedder and wants_vector else None
     try:
         terms = lexical_terms(query)
         lexical = (
@@ -140,8 +140,6 @@ def rank(
         )
     finally:
         vector, scores = pending.result() if pending is not None else (None, None)
-    if pending is None and embedder is not None and wants_vector:
-        vector, scores = _dense_leg(embedder, query, scope_matrix)
     dense = _DenseScores.empty()
     if embedder is not None and vector is not None:
         if vector_index is None:
@@ -457,27 +455,64 @@ def _query_pool() -> ThreadPoolExecutor:
         return _pool[1]
 
 
-def _submit_dense(
-    embedder: Embedder, query: str, matrix: np.ndarray | None
-) -> Future[tuple[np.ndarray | None, np.ndarray | None]] | None:
-    try:
-        return _query_pool().submit(_dense_leg, embedder, query, matrix)
-    except RuntimeError:  # interpreter shutting down: run it inline instead
-        return None
+class _DenseLeg:
+    """The query's vector and its cosine similarity to each row of the scope's matrix, started
+    on a pool thread at once; `result()` waits for it.
 
+    The pool thread embeds the query, hands the vector over, and scores the first half of a
+    large matrix; the caller, its lexical leg done by then, scores the other half (both cores
+    stream the matrix instead of one while the other waits). A failing embedder gives
+    (None, None): recall then stays lexical.
+    """
 
-def _dense_leg(
-    embedder: Embedder, query: str, matrix: np.ndarray | None
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The query's vector and its similarity to each row of `matrix` (None without one).
+    # Below this many rows splitting the product costs more than it saves.
+    split_rows = 4096
 
-    A failing embedder leaves (None, None): recall then stays lexical."""
-    try:
-        vector = check_vectors(embedder.embed([query]), 1, embedder.dimension)[0]
-    except Exception:
-        log.warning("embedding the query failed; recalling lexically", exc_info=True)
-        return None, None
-    return vector, (similarities(matrix, vector) if matrix is not None else None)
+    def __init__(self, embedder: Embedder, query: str, matrix: np.ndarray | None) -> None:
+        self._embedder = embedder
+        self._query = query
+        self._matrix = matrix
+        rows = 0 if matrix is None else matrix.shape[0]
+        self._split = rows // 2 if rows >= self.split_rows else rows
+        self._vector: Future[np.ndarray | None] = Future()
+        self._head: Future[np.ndarray | None] | None
+        try:
+            self._head = _query_pool().submit(self._embed_and_score_head)
+        except RuntimeError:  # interpreter shutting down: run it inline in result()
+            self._head = None
+
+    def _embed_and_score_head(self) -> np.ndarray | None:
+        vector: np.ndarray | None = None
+        try:
+            vector = check_vectors(
+                self._embedder.embed([self._query]), 1, self._embedder.dimension
+            )[0]
+        except Exception:
+            log.warning("embedding the query failed; recalling lexically", exc_info=True)
+        finally:
+            # Always answered, so that result() never waits for a vector that is not coming.
+            self._vector.set_result(vector)
+        if vector is None or self._matrix is None:
+            return None
+        return similarities(self._matrix[: self._split], vector)
+
+    def result(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(vector, similarities to every row of the matrix), either None if unavailable."""
+        head_future = self._head
+        if head_future is None:
+            head = self._embed_and_score_head()
+        vector = self._vector.result()
+        if vector is None:
+            if head_future is not None:
+                head_future.result()
+            return None, None
+        if self._matrix is None:
+            return vector, None
+        tail = similarities(self._matrix[self._split :], vector)
+        if head_future is not None:
+            head = head_future.result()
+        assert head is not None
+        return vector, np.concatenate([head, tail])
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:

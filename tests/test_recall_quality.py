@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from memori_core import Memori, Message
@@ -209,3 +210,24 @@ def test_a_reply_is_embedded_with_the_turn_it_answers(
 
     assert top(turn_context=True) == f"Ana: {reply}"
     assert top(turn_context=False) == "Ben: Do you still go bouldering at the old quarry?"
+
+
+@pytest.mark.parametrize("rows", [300, 5000])
+def test_the_dense_leg_scores_every_row_however_the_work_is_split(rows: int) -> None:
+    """A large scope's similarities are computed half on a pool thread, half by the caller:
+    the scores are those of one product over the whole matrix, in row order."""
+    from memori_core.recall import _DenseLeg
+    from memori_core.store.vectors import similarities
+    from memori_core.testing import FailingEmbedder
+
+    embedder = HashEmbedder()
+    rng = np.random.default_rng(rows)
+    matrix = rng.normal(size=(rows, embedder.dimension)).astype(np.float32)
+    vector, scores = _DenseLeg(embedder, "trip to Tokyo", matrix).result()
+    assert vector is not None and scores is not None
+    assert np.allclose(vector, embedder.embed(["trip to Tokyo"])[0])
+    assert np.array_equal(scores, similarities(matrix, vector))
+
+    # A failing embedder answers at once (no vector, no scores) rather than leaving the
+    # caller waiting for half a product.
+    assert _DenseLeg(FailingEmbedder(), "trip to Tokyo", matrix).result() == (None, None)
