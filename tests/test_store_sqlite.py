@@ -28,7 +28,12 @@ def test_file_is_in_wal_mode_with_named_migrations(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = [r[0] for r in conn.execute("SELECT name FROM memori_migrations ORDER BY name")]
-    assert names == ["0001_initial", "0002_lexical_index", "0003_extraction_backlog"]
+    assert names == [
+        "0001_initial",
+        "0002_lexical_index",
+        "0003_extraction_backlog",
+        "0004_memories_version",
+    ]
 
 
 def test_default_url_comes_from_the_environment(tmp_path: Path) -> None:
@@ -125,3 +130,34 @@ def test_a_recorded_turn_survives_the_process_dying_right_after(tmp_path: Path) 
     assert proc.returncode == -9, proc.stderr.decode()
     mem = Memori(url, embedder=None).attribution("u", "agent")
     assert [r.text for r in mem.recall("Bergen")] == ["I moved to Bergen"]
+
+
+def test_rows_cached_by_recall_follow_changes_made_by_another_connection(tmp_path: Path) -> None:
+    """Recall trusts its cached rows only while no memory was deleted or changed: a delete or
+    an update by another process (here a plain sqlite3 connection) is seen at once."""
+    path = tmp_path / "shared.db"
+    mem = Memori(f"sqlite:///{path}", embedder=None).attribution("u", "agent")
+    mem.record([{"role": "user", "content": "My locker code is 4417."}])
+    mem.record([{"role": "user", "content": "The locker is next to the gym door."}])
+    for _ in range(2):  # cached, then served from the cache
+        assert {r.text for r in mem.recall("locker")} == {
+            "My locker code is 4417.",
+            "The locker is next to the gym door.",
+        }
+    with sqlite3.connect(path) as other:
+        other.execute("UPDATE memori_memories SET times_seen = 7 WHERE text LIKE '%gym%'")
+    assert {r.text: r.times_seen for r in mem.recall("locker")} == {
+        "My locker code is 4417.": 1,
+        "The locker is next to the gym door.": 7,
+    }
+    with sqlite3.connect(path) as other:
+        other.execute("DELETE FROM memori_memories WHERE text LIKE '%4417%'")
+    assert [r.text for r in mem.recall("locker")] == ["The locker is next to the gym door."]
+    # Writing an embedding changes nothing a recall reads: the counter stays where it was.
+    with sqlite3.connect(path) as other:
+        before = other.execute("SELECT value FROM memori_memories_version").fetchone()
+        other.execute(
+            "UPDATE memori_memories SET embedding = NULL, embedding_model = NULL, "
+            "embed_attempts = embed_attempts + 1"
+        )
+        assert other.execute("SELECT value FROM memori_memories_version").fetchone() == before

@@ -172,12 +172,40 @@ def _extraction_backlog(conn: Connection) -> None:
     metadata.create_all(conn, tables=[extraction_backlog])
 
 
+MEMORIES_VERSION_TABLE = "memori_memories_version"
+
+
+def _memories_version(conn: Connection) -> None:
+    # SQLite only: a counter that every delete of a memory, and every update of what a recall
+    # reads from one, moves on in the same transaction, so a process can trust the rows it has
+    # cached for as long as the counter stands still (inserts leave it alone: a new row is
+    # never in a cache). On PostgreSQL one counter row would serialise every writer of every
+    # app server, so recall there re-checks its cached rows each time instead.
+    if conn.dialect.name != "sqlite":
+        return
+    conn.exec_driver_sql(
+        f"CREATE TABLE {MEMORIES_VERSION_TABLE} "
+        "(id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)"
+    )
+    conn.exec_driver_sql(f"INSERT INTO {MEMORIES_VERSION_TABLE} (id, value) VALUES (1, 0)")
+    bump = f"BEGIN UPDATE {MEMORIES_VERSION_TABLE} SET value = value + 1 WHERE id = 1; END"
+    conn.exec_driver_sql(
+        f"CREATE TRIGGER memori_memories_version_ad AFTER DELETE ON memori_memories {bump}"
+    )
+    conn.exec_driver_sql(
+        "CREATE TRIGGER memori_memories_version_au AFTER UPDATE OF entity_id, process_id, "
+        "session_id, kind, text, text_hash, created_at, salience, times_seen, "
+        f"source_message_ids, valid_to ON memori_memories {bump}"
+    )
+
+
 Migration = tuple[str, Callable[[Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
     ("0001_initial", _initial),
     ("0002_lexical_index", _lexical_index),
     ("0003_extraction_backlog", _extraction_backlog),
+    ("0004_memories_version", _memories_version),
 )
 
 

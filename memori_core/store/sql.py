@@ -158,6 +158,10 @@ _NEWER_IN_PROCESS = _newer_rows(memories.c.process_id == bindparam("process"))
 _NEWER_ENTITY_WIDE = _newer_rows(memories.c.process_id.is_(None))
 
 
+_MEMORIES_VERSION = text(f"SELECT value FROM {schema.MEMORIES_VERSION_TABLE} WHERE id = 1")
+_NOTHING_TRUSTED: frozenset[int] = frozenset()
+
+
 class _WriteStatements:
     """The statements every recorded turn runs, built once per dialect (values are bound)."""
 
@@ -267,6 +271,8 @@ class SQLStore:
         self._migrated = False
         self._vectors = VectorCache()
         self._rows: dict[int, tuple[tuple[Any, ...], MemoryRow]] = {}
+        self._trusted: tuple[int, set[int]] = (-1, set())
+        self._trusted_lock = threading.Lock()
         self._by_ids = _ByIds(self.dialect)
         self._lexical: dict[tuple[bool, bool], Any] = {}
         self._statements = _WriteStatements(self.dialect)
@@ -860,14 +866,26 @@ class SQLStore:
         wanted = list(ids)
         # Rows are kept in memory; each recall reads back only the columns that can change
         # (a fact's repeat count and sources) and the ones that identify the row: a rowid can
-        # be reused after a delete, and must never bring back a forgotten memory's text.
+        # be reused after a delete, and must never bring back a forgotten memory's text. On
+        # SQLite not even that while no memory was deleted or changed since the cached row
+        # was last checked (the counter kept by migration 0004's triggers).
         by_ids = self._by_ids
         presence = by_ids.present if include_superseded else by_ids.present_current
         cache = self._rows
+        counted = self.dialect == "sqlite" and not include_superseded
+        out: dict[int, MemoryRow] = {}
+        missing: list[int] = []
         with self._read() as conn:
-            present = conn.execute(presence, by_ids.bind(wanted)).all()
-            out: dict[int, MemoryRow] = {}
-            missing: list[int] = []
+            version = conn.execute(_MEMORIES_VERSION).scalar_one() if counted else None
+            trusted = self._trusted_rows(version)
+            unchecked: list[int] = []
+            for memory_id in wanted:
+                known = cache.get(memory_id) if memory_id in trusted else None
+                if known is None:
+                    unchecked.append(memory_id)
+                else:
+                    out[memory_id] = known[1]
+            present = conn.execute(presence, by_ids.bind(unchecked)).all() if unchecked else []
             for check in present:
                 known = cache.get(check.id)
                 if known is not None and known[0] == tuple(check):
@@ -876,10 +894,13 @@ class SQLStore:
                     missing.append(check.id)
             if missing:
                 rows = conn.execute(by_ids.rows, by_ids.bind(missing)).all()
+        self._trust_rows(version, [i for i in out if i not in trusted])
         if not missing:
             return out
         if len(cache) > ROW_CACHE_SIZE:
             cache.clear()
+            with self._trusted_lock:
+                self._trusted = (-1, set())
         for r in rows:
             row = MemoryRow(
                 id=r.id,
@@ -900,7 +921,29 @@ class SQLStore:
                 (r.id, r.entity_id, r.process_id, r.text_hash, r.times_seen, r.source_message_ids),
                 row,
             )
+        self._trust_rows(version, missing)
         return out
+
+    def _trusted_rows(self, version: int | None) -> frozenset[int] | set[int]:
+        """Ids whose cached rows were checked current at memories-version `version`."""
+        if version is None:
+            return _NOTHING_TRUSTED
+        with self._trusted_lock:
+            checked_at, ids = self._trusted
+        return ids if checked_at == version else _NOTHING_TRUSTED
+
+    def _trust_rows(self, version: int | None, ids: Sequence[int]) -> None:
+        """Remember that these rows were checked (or read) current at `version`."""
+        if version is None or not ids:
+            return
+        with self._trusted_lock:
+            checked_at, trusted = self._trusted
+            if version > checked_at:
+                # Something was deleted or changed: only rows checked since count.
+                self._trusted = (version, set(ids))
+            elif version == checked_at:
+                trusted.update(ids)
+            # An older version: a read that began before the change; its checks prove nothing now.
 
     def list_memories(
         self, scope: Scope, share_across_processes: bool, include_superseded: bool = False
