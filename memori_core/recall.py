@@ -269,10 +269,10 @@ def rank(
     scored.sort(key=lambda item: (-item[0], -item[5].id))
 
     results: list[Recalled] = []
-    seen: list[set[str]] = []
+    seen: list[frozenset[str]] = []
     used_tokens = 0
     for score, lexical_part, dense_part, recency, salience, row in scored:
-        words = set(_WORD.findall(row.text.lower()))
+        words = row.words
         if any(_jaccard(words, other) >= config.duplicate_jaccard for other in seen):
             continue
         cost = estimate_tokens(row.text)
@@ -515,7 +515,7 @@ class _DenseLeg:
         return vector, np.concatenate([head, tail])
 
 
-def _jaccard(a: set[str], b: set[str]) -> float:
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     if not a and not b:
         return 1.0
     return len(a & b) / len(a | b)
