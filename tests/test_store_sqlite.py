@@ -32,7 +32,7 @@ def test_file_is_in_wal_mode_with_named_migrations(tmp_path: Path) -> None:
         "0001_initial",
         "0002_lexical_index",
         "0003_extraction_backlog",
-        "0004_memories_version",
+        "0004_change_counters",
     ]
 
 
@@ -155,9 +155,9 @@ def test_rows_cached_by_recall_follow_changes_made_by_another_connection(tmp_pat
     assert [r.text for r in mem.recall("locker")] == ["The locker is next to the gym door."]
     # Writing an embedding changes nothing a recall reads: the counter stays where it was.
     with sqlite3.connect(path) as other:
-        before = other.execute("SELECT value FROM memori_memories_version").fetchone()
+        before = other.execute("SELECT memories FROM memori_change_counters").fetchone()
         other.execute(
             "UPDATE memori_memories SET embedding = NULL, embedding_model = NULL, "
             "embed_attempts = embed_attempts + 1"
         )
-        assert other.execute("SELECT value FROM memori_memories_version").fetchone() == before
+        assert other.execute("SELECT memories FROM memori_change_counters").fetchone() == before

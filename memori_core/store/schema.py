@@ -172,30 +172,43 @@ def _extraction_backlog(conn: Connection) -> None:
     metadata.create_all(conn, tables=[extraction_backlog])
 
 
-MEMORIES_VERSION_TABLE = "memori_memories_version"
+CHANGE_COUNTERS_TABLE = "memori_change_counters"
 
 
-def _memories_version(conn: Connection) -> None:
-    # SQLite only: a counter that every delete of a memory, and every update of what a recall
-    # reads from one, moves on in the same transaction, so a process can trust the rows it has
-    # cached for as long as the counter stands still (inserts leave it alone: a new row is
-    # never in a cache). On PostgreSQL one counter row would serialise every writer of every
-    # app server, so recall there re-checks its cached rows each time instead.
+def _change_counters(conn: Connection) -> None:
+    # SQLite only: counters that triggers move on in the writer's own transaction, so that a
+    # process can trust what it cached for as long as they stand still. `memories` moves on
+    # every delete of a memory and every update of what a recall reads from one (inserts leave
+    # it alone: a new row is never in a cache); `vectors` on every vector written. On
+    # PostgreSQL one counter row would serialise every writer of every app server, so there
+    # recall re-checks what it cached each time instead.
     if conn.dialect.name != "sqlite":
         return
     conn.exec_driver_sql(
-        f"CREATE TABLE {MEMORIES_VERSION_TABLE} "
-        "(id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)"
-    )
-    conn.exec_driver_sql(f"INSERT INTO {MEMORIES_VERSION_TABLE} (id, value) VALUES (1, 0)")
-    bump = f"BEGIN UPDATE {MEMORIES_VERSION_TABLE} SET value = value + 1 WHERE id = 1; END"
-    conn.exec_driver_sql(
-        f"CREATE TRIGGER memori_memories_version_ad AFTER DELETE ON memori_memories {bump}"
+        f"CREATE TABLE {CHANGE_COUNTERS_TABLE} (id INTEGER PRIMARY KEY CHECK (id = 1), "
+        "memories INTEGER NOT NULL, vectors INTEGER NOT NULL)"
     )
     conn.exec_driver_sql(
-        "CREATE TRIGGER memori_memories_version_au AFTER UPDATE OF entity_id, process_id, "
+        f"INSERT INTO {CHANGE_COUNTERS_TABLE} (id, memories, vectors) VALUES (1, 0, 0)"
+    )
+
+    def bump(counter: str) -> str:
+        return (
+            f"BEGIN UPDATE {CHANGE_COUNTERS_TABLE} SET {counter} = {counter} + 1 WHERE id = 1; END"
+        )
+
+    conn.exec_driver_sql(
+        f"CREATE TRIGGER memori_memories_counter_ad AFTER DELETE ON memori_memories "
+        f"{bump('memories')}"
+    )
+    conn.exec_driver_sql(
+        "CREATE TRIGGER memori_memories_counter_au AFTER UPDATE OF entity_id, process_id, "
         "session_id, kind, text, text_hash, created_at, salience, times_seen, "
-        f"source_message_ids, valid_to ON memori_memories {bump}"
+        f"source_message_ids, valid_to ON memori_memories {bump('memories')}"
+    )
+    conn.exec_driver_sql(
+        "CREATE TRIGGER memori_vectors_counter_au AFTER UPDATE OF embedding, embedding_model "
+        f"ON memori_memories {bump('vectors')}"
     )
 
 
@@ -205,7 +218,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0001_initial", _initial),
     ("0002_lexical_index", _lexical_index),
     ("0003_extraction_backlog", _extraction_backlog),
-    ("0004_memories_version", _memories_version),
+    ("0004_change_counters", _change_counters),
 )
 
 

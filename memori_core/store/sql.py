@@ -160,7 +160,8 @@ _NEWER_IN_PROCESS = _newer_rows(memories.c.process_id == bindparam("process"))
 _NEWER_ENTITY_WIDE = _newer_rows(memories.c.process_id.is_(None))
 
 
-_MEMORIES_VERSION = text(f"SELECT value FROM {schema.MEMORIES_VERSION_TABLE} WHERE id = 1")
+_MEMORIES_VERSION = text(f"SELECT memories FROM {schema.CHANGE_COUNTERS_TABLE} WHERE id = 1")
+_VECTORS_VERSION = text(f"SELECT vectors FROM {schema.CHANGE_COUNTERS_TABLE} WHERE id = 1")
 _NOTHING_TRUSTED: frozenset[int] = frozenset()
 
 
@@ -752,34 +753,46 @@ class SQLStore:
         """(ids, matrix) of one (entity, process)'s vectors of `model_id`, from the cache,
         after reading only what was stored since the cache last looked."""
         key = (entity_id, process_id, model_id)
-        with self._vectors.lock:
-            high_water = self._vectors.get(key, dimension).high_water
         statement = _NEWER_ENTITY_WIDE if process_id is None else _NEWER_IN_PROCESS
         with self._read() as conn:
+            # Memories still waiting for a vector are read again until they have one; on
+            # SQLite only once a vector was written somewhere since the last look.
+            version = (
+                conn.execute(_VECTORS_VERSION).scalar_one() if self.dialect == "sqlite" else None
+            )
+            with self._vectors.lock:
+                entry = self._vectors.get(key, dimension)
+                high_water = entry.high_water
+                start = high_water
+                if version is not None and version == entry.vectors_version:
+                    start = max(high_water, entry.looked_up_to)
             newer = conn.execute(
                 statement,
                 {
                     "entity": entity_id,
                     "process": process_id,
                     "model": model_id,
-                    "high_water": high_water,
+                    "high_water": start,
                 },
             ).all()
             with self._vectors.lock:
                 seen = self._vectors.get(key, dimension).seen
                 wanted = [int(r.id) for r in newer if r.ready and int(r.id) not in seen]
             blobs: list[Any] = []
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
+            for chunk_start in range(0, len(wanted), 500):
+                chunk = wanted[chunk_start : chunk_start + 500]
                 blobs.extend(conn.execute(self._by_ids.vectors, self._by_ids.bind(chunk)).all())
         pending = [int(r.id) for r in newer if not r.ready]
         # Memories still waiting for a vector are read again next time; the rest are cached.
-        if pending:
+        if start > high_water:
+            new_high_water = high_water  # the pending rows skipped over still wait
+        elif pending:
             new_high_water = pending[0] - 1
         elif newer:
             new_high_water = int(newer[-1].id)
         else:
             new_high_water = high_water
+        looked_up_to = int(newer[-1].id) if newer else start
         with self._vectors.lock:
             entry = self._vectors.get(key, dimension)
             fresh = [b for b in blobs if int(b.id) not in entry.seen]
@@ -788,6 +801,11 @@ class SQLStore:
                 if entry.dimension in (0, vectors.shape[1]):
                     entry.append([int(b.id) for b in fresh], vectors)
             entry.high_water = max(entry.high_water, new_high_water)
+            if version is not None:
+                if version > entry.vectors_version:
+                    entry.vectors_version, entry.looked_up_to = version, looked_up_to
+                elif version == entry.vectors_version:
+                    entry.looked_up_to = max(entry.looked_up_to, looked_up_to)
             ids, matrix = entry.view()
             self._vectors.evict()
         return ids, matrix
@@ -870,7 +888,7 @@ class SQLStore:
         # (a fact's repeat count and sources) and the ones that identify the row: a rowid can
         # be reused after a delete, and must never bring back a forgotten memory's text. On
         # SQLite not even that while no memory was deleted or changed since the cached row
-        # was last checked (the counter kept by migration 0004's triggers).
+        # was last checked (a counter kept by migration 0004's triggers).
         by_ids = self._by_ids
         presence = by_ids.present if include_superseded else by_ids.present_current
         cache = self._rows

@@ -36,7 +36,11 @@ class ScopeVectors:
     """The vectors of one (entity, process, model), in a buffer that grows by doubling."""
 
     dimension: int
+    # Every memory up to `high_water` is cached or not wanted; up to `looked_up_to` was read
+    # when the store's vectors counter stood at `vectors_version` (-1: not known).
     high_water: int = 0
+    looked_up_to: int = 0
+    vectors_version: int = -1
     size: int = 0
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     buffer: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
