@@ -14,6 +14,7 @@ words (a pleasantry, an aside) counts for less than one that tells something.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -272,7 +273,7 @@ def rank(
     seen: list[frozenset[str]] = []
     used_tokens = 0
     for score, lexical_part, dense_part, recency, salience, row in scored:
-        words = row.words
+        words = _word_set(row.text)
         if any(_jaccard(words, other) >= config.duplicate_jaccard for other in seen):
             continue
         cost = estimate_tokens(row.text)
@@ -513,6 +514,13 @@ class _DenseLeg:
             head = head_future.result()
         assert head is not None
         return vector, np.concatenate([head, tail])
+
+
+@functools.lru_cache(maxsize=4096)
+def _word_set(text: str) -> frozenset[str]:
+    """The distinct lower-cased words of `text`, remembered: the same rows come back recall
+    after recall (and a cached row's text is the same string, whose hash Python keeps)."""
+    return frozenset(_WORD.findall(text.lower()))
 
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:

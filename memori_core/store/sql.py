@@ -118,8 +118,6 @@ class MemoryRow:
     # Read off the text once when the row is fetched (rows are cached), not at every recall.
     word_count: int = 0
     speaker: str | None = None
-    # Its distinct lower-cased words, for near-duplicate removal.
-    words: frozenset[str] = frozenset()
 
 
 # An episodic turn spoken by a named participant is stored as "Name: text" (episodic_drafts).
@@ -935,7 +933,6 @@ class SQLStore:
                 source_message_ids=tuple(json.loads(r.source_message_ids)),
                 word_count=len(r.text.split()),
                 speaker=turn_speaker(r.kind, r.text),
-                words=frozenset(_TOKEN.findall(r.text.lower())),
             )
             out[r.id] = row
             cache[row.id] = (
