@@ -33,6 +33,7 @@ def test_file_is_in_wal_mode_with_named_migrations(tmp_path: Path) -> None:
         "0002_lexical_index",
         "0003_extraction_backlog",
         "0004_change_counters",
+        "0005_scoped_lexical_index",
     ]
 
 
@@ -161,3 +162,43 @@ def test_rows_cached_by_recall_follow_changes_made_by_another_connection(tmp_pat
             "embed_attempts = embed_attempts + 1"
         )
         assert other.execute("SELECT memories FROM memori_change_counters").fetchone() == before
+
+
+def test_memories_stored_before_the_scoped_index_are_found_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """Migration 0005 re-indexes what a database already holds under each memory's scope."""
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    Memori(url, embedder=None).attribution("u", "agent").record(
+        [{"role": "user", "content": "My locker code is 4417."}]
+    )
+    Memori(url, embedder=None).attribution("v", "agent").record(
+        [{"role": "user", "content": "I lost my locker key."}]
+    )
+    # Put the file back as a version before 0005 left it: the old index, no scoped words.
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TRIGGER memori_memories_ai")
+        conn.execute("DROP TRIGGER memori_memories_ad")
+        conn.execute("DROP TABLE memori_memories_fts")
+        conn.execute("UPDATE memori_memories SET lexical_text = NULL")
+        conn.execute("DELETE FROM memori_migrations WHERE name = '0005_scoped_lexical_index'")
+        conn.execute(
+            "CREATE VIRTUAL TABLE memori_memories_fts USING fts5(text, scope_key, "
+            "content='memori_memories', content_rowid='id', "
+            "tokenize='porter unicode61 remove_diacritics 2')"
+        )
+        conn.execute("INSERT INTO memori_memories_fts(memori_memories_fts) VALUES ('rebuild')")
+    script = textwrap.dedent(
+        f"""
+        from memori_core import Memori
+        mem = Memori({url!r}, embedder=None).attribution("u", "agent")
+        print([r.text for r in mem.recall("locker")])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['My locker code is 4417.']"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM memori_memories WHERE lexical_text IS NULL"
+        ).fetchone() == (0,)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
     select,
 )
 
@@ -97,6 +98,8 @@ memories = Table(
     # A short hash of (entity, process), indexed with the text so that lexical search only
     # walks the postings of the scopes it may read.
     Column("scope_key", String(24), nullable=False),
+    # SQLite: the words the lexical index stores, each prefixed by its scope (store/lexical.py).
+    Column("lexical_text", Text, nullable=True),
     Column("fact_key", String(255), nullable=True),
     Column("source_message_ids", Text, nullable=False, default="[]"),
     Column("created_at", Float, nullable=False),
@@ -212,6 +215,47 @@ def _change_counters(conn: Connection) -> None:
     )
 
 
+def _scoped_lexical_index(conn: Connection) -> None:
+    # Index each word under its scope's prefix, so that a search reads only its scope's
+    # postings (store/lexical.py); the index is rebuilt from the memories once.
+    from memori_core.store.lexical import scope_prefix, scoped_text
+
+    columns = {c["name"] for c in inspect(conn).get_columns("memori_memories")}
+    if "lexical_text" not in columns:
+        conn.exec_driver_sql("ALTER TABLE memori_memories ADD COLUMN lexical_text TEXT")
+    if conn.dialect.name != "sqlite":
+        return
+    conn.exec_driver_sql("DROP TRIGGER IF EXISTS memori_memories_ai")
+    conn.exec_driver_sql("DROP TRIGGER IF EXISTS memori_memories_ad")
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {FTS_TABLE}")
+    rows = conn.exec_driver_sql(
+        "SELECT id, entity_id, process_id, text FROM memori_memories"
+    ).fetchall()
+    prefixes: dict[tuple[str, str | None], str] = {}
+    updates = []
+    for memory_id, entity_id, process_id, text_ in rows:
+        key = (entity_id, process_id)
+        prefix = prefixes.get(key) or prefixes.setdefault(key, scope_prefix(*key))
+        updates.append((scoped_text(prefix, text_), memory_id))
+    if updates:
+        conn.exec_driver_sql("UPDATE memori_memories SET lexical_text = ? WHERE id = ?", updates)
+    conn.exec_driver_sql(
+        f"CREATE VIRTUAL TABLE {FTS_TABLE} USING fts5("
+        "lexical_text, content='memori_memories', content_rowid='id', "
+        "tokenize='porter unicode61 remove_diacritics 2')"
+    )
+    conn.exec_driver_sql(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')")
+    conn.exec_driver_sql(
+        f"CREATE TRIGGER memori_memories_ai AFTER INSERT ON memori_memories BEGIN "
+        f"INSERT INTO {FTS_TABLE}(rowid, lexical_text) VALUES (new.id, new.lexical_text); END"
+    )
+    conn.exec_driver_sql(
+        f"CREATE TRIGGER memori_memories_ad AFTER DELETE ON memori_memories BEGIN "
+        f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, lexical_text) "
+        "VALUES ('delete', old.id, old.lexical_text); END"
+    )
+
+
 Migration = tuple[str, Callable[[Connection], None]]
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -219,6 +263,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("0002_lexical_index", _lexical_index),
     ("0003_extraction_backlog", _extraction_backlog),
     ("0004_change_counters", _change_counters),
+    ("0005_scoped_lexical_index", _scoped_lexical_index),
 )
 
 

@@ -45,6 +45,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from memori_core.errors import InvalidVectorError, ScopeError, StorageError
 from memori_core.scope import Scope
 from memori_core.store import schema
+from memori_core.store.lexical import scope_prefix, scoped_text, scoped_words
 from memori_core.store.schema import (
     FTS_TABLE,
     extraction_backlog,
@@ -638,6 +639,11 @@ class SQLStore:
                     "text": draft.text,
                     "text_hash": digest,
                     "scope_key": scope_key(scope.entity_id, process_id),
+                    "lexical_text": scoped_text(
+                        scope_prefix(scope.entity_id, process_id), draft.text
+                    )
+                    if self.dialect == "sqlite"
+                    else None,
                     "fact_key": draft.fact_key,
                     "source_message_ids": json.dumps(source_ids),
                     "created_at": created,
@@ -683,12 +689,14 @@ class SQLStore:
             "limit": limit,
         }
         if self.dialect == "sqlite":
-            quoted = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-            keys = [scope_key(scope.entity_id, scope.process_id)]
+            prefixes = [scope_prefix(scope.entity_id, scope.process_id)]
             if shared:
-                keys.append(scope_key(scope.entity_id, None))
-            # Only hashes and quoted terms reach the MATCH string: ids are never FTS syntax.
-            params["match"] = f"scope_key : ({' OR '.join(keys)}) AND text : ({quoted})"
+                prefixes.append(scope_prefix(scope.entity_id, None))
+            words = scoped_words(prefixes, terms)
+            if not words:
+                return []
+            # Only digits and letters reach the MATCH string: ids are never FTS syntax.
+            params["match"] = " OR ".join(f'"{word}"' for word in words)
             # FTS5 keeps only the top rows when ranking with ORDER BY rank LIMIT; the
             # margin covers superseded memories that the join drops.
             params["inner_limit"] = limit + 32
