@@ -125,13 +125,13 @@ def rank(
     # The query's embedding and its similarity to every vector of the scope (the slowest
     # steps) run on another core while the lexical leg runs here: ONNX inference, einsum and
     # SQLite release the GIL.
-    wants_vector = embedder is not None and bool(query.strip())
+    dense_embedder = embedder if query.strip() else None
     scope_ids, scope_matrix = (
-        store.scope_vectors(scope, embedder.model_id, share_across_processes)
-        if embedder is not None and vector_index is None and wants_vector
+        store.scope_vectors(scope, dense_embedder.model_id, share_across_processes)
+        if dense_embedder is not None and vector_index is None
         else (None, None)
     )
-    pending = _DenseLeg(embedder, query, scope_matrix) if embedder and wants_vector else None
+    pending = _DenseLeg(dense_embedder, query, scope_matrix) if dense_embedder is not None else None
     try:
         terms = lexical_terms(query)
         lexical = (

@@ -95,8 +95,9 @@ memories = Table(
     Column("kind", String(16), nullable=False),
     Column("text", Text, nullable=False),
     Column("text_hash", String(64), nullable=False),
-    # A short hash of (entity, process), indexed with the text so that lexical search only
-    # walks the postings of the scopes it may read.
+    # A short hash of (entity, process). The lexical index of 0002 filtered by it; since 0005
+    # the index words carry their scope (`lexical_text`) and nothing reads it any more. Still
+    # written: the column is NOT NULL in every existing file.
     Column("scope_key", String(24), nullable=False),
     # SQLite: the words the lexical index stores, each prefixed by its scope (store/lexical.py).
     Column("lexical_text", Text, nullable=True),

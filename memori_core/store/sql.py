@@ -24,7 +24,6 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
-    Select,
     String,
     and_,
     any_,
@@ -63,7 +62,7 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
 def scope_key(entity_id: str, process_id: str | None) -> str:
-    """A hash of (entity, process), indexed beside memory text so lexical search narrows to it."""
+    """A hash of (entity, process), stored with each memory (the `scope_key` column)."""
     ids = json.dumps([entity_id, process_id]).encode()
     return "s" + hashlib.blake2b(ids, digest_size=10).hexdigest()
 
@@ -137,26 +136,12 @@ def turn_speaker(kind: str, text: str) -> str | None:
 ROW_CACHE_SIZE = 50_000
 
 
-def _newer_rows(process: ColumnElement[bool]) -> Select[Any]:
-    return (
-        select(
-            memories.c.id,
-            (memories.c.embedding_model == bindparam("model")).label("ready"),
-        )
-        .where(
-            memories.c.entity_id == bindparam("entity"),
-            process,
-            memories.c.valid_to.is_(None),
-            memories.c.id > bindparam("high_water"),
-        )
-        .order_by(memories.c.id)
-    )
+def _process_is(column: Any, entity_wide: bool) -> ColumnElement[bool]:
+    """`column` equals the bound `process`, or IS NULL for an entity-wide scope.
 
-
-# Memories of a scope stored after the vector cache last looked (two statements: an index
-# serves `process_id = :p` and `process_id IS NULL`, not one that handles both).
-_NEWER_IN_PROCESS = _newer_rows(memories.c.process_id == bindparam("process"))
-_NEWER_ENTITY_WIDE = _newer_rows(memories.c.process_id.is_(None))
+    Two statements, not one with `(:process IS NULL AND ...) OR ...`: an index serves
+    `process_id = :p` and `process_id IS NULL`, not a condition that handles both."""
+    return column.is_(None) if entity_wide else column == bindparam("process")  # type: ignore[no-any-return]
 
 
 _MEMORIES_VERSION = text(f"SELECT memories FROM {schema.CHANGE_COUNTERS_TABLE} WHERE id = 1")
@@ -164,8 +149,9 @@ _VECTORS_VERSION = text(f"SELECT vectors FROM {schema.CHANGE_COUNTERS_TABLE} WHE
 _NOTHING_TRUSTED: frozenset[int] = frozenset()
 
 
-class _WriteStatements:
-    """The statements every recorded turn runs, built once per dialect (values are bound)."""
+class _Statements:
+    """The hot statements of recording and recall, built once per dialect (values are bound),
+    each in its variants for a scope with a process and an entity-wide one."""
 
     def __init__(self, dialect: str) -> None:
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
@@ -175,20 +161,81 @@ class _WriteStatements:
         ).returning(sessions.c.entity_id, sessions.c.process_id)
         self.insert_memory = memories.insert().returning(memories.c.id)
         self.insert_messages = messages.insert().returning(messages)
-        self.tail_in_process = self._tail(messages.c.process_id == bindparam("process"))
-        self.tail_entity_wide = self._tail(messages.c.process_id.is_(None))
+        wide = (False, True)
+        # A session's last `limit` messages' (seq, content_hash), newest first.
+        self.tail = {
+            w: self._transcript(w, [messages.c.seq, messages.c.content_hash], limited=True)
+            for w in wide
+        }
+        # A session's messages, oldest first; or its last `limit` of them, newest first.
+        self.transcript = {
+            (w, limited): self._transcript(w, [messages], limited) for w in wide for limited in wide
+        }
+        # Memories of a scope stored after the vector cache last looked.
+        self.newer = {w: self._newer(w) for w in wide}
+        # Lexical search, also with entity-wide memories (`shared`) for a scope with a process.
+        self.lexical = {
+            (w, shared): self._lexical(dialect, w, shared) for w in wide for shared in wide
+        }
 
     @staticmethod
-    def _tail(process: ColumnElement[bool]) -> Any:
-        """The last `limit` messages' (seq, content_hash) of a session, newest first."""
+    def _transcript(entity_wide: bool, columns: list[Any], limited: bool) -> Any:
+        query = select(*columns).where(
+            messages.c.session_id == bindparam("session"),
+            messages.c.entity_id == bindparam("entity"),
+            _process_is(messages.c.process_id, entity_wide),
+        )
+        if limited:
+            return query.order_by(messages.c.seq.desc()).limit(bindparam("limit"))
+        return query.order_by(messages.c.seq)
+
+    @staticmethod
+    def _newer(entity_wide: bool) -> Any:
         return (
-            select(messages.c.seq, messages.c.content_hash)
-            .where(
-                messages.c.session_id == bindparam("session"),
-                messages.c.entity_id == bindparam("entity"),
-                process,
+            select(
+                memories.c.id,
+                (memories.c.embedding_model == bindparam("model")).label("ready"),
             )
-            .order_by(messages.c.seq.desc())
+            .where(
+                memories.c.entity_id == bindparam("entity"),
+                _process_is(memories.c.process_id, entity_wide),
+                memories.c.valid_to.is_(None),
+                memories.c.id > bindparam("high_water"),
+            )
+            .order_by(memories.c.id)
+        )
+
+    @staticmethod
+    def _lexical(dialect: str, entity_wide: bool, shared: bool) -> Any:
+        process = _process_is(memories.c.process_id, entity_wide)
+        if shared:
+            process = or_(process, memories.c.process_id.is_(None))
+        visible = and_(
+            memories.c.entity_id == bindparam("entity"), process, memories.c.valid_to.is_(None)
+        )
+        if dialect == "sqlite":
+            fts = (
+                text(
+                    f"SELECT rowid AS id, rank FROM {FTS_TABLE} "
+                    f"WHERE {FTS_TABLE} MATCH :match ORDER BY rank LIMIT :inner_limit"
+                )
+                .columns(id=Integer, rank=Float)
+                .subquery("fts")
+            )
+            return (
+                select(fts.c.id, fts.c.rank)
+                .join(memories, memories.c.id == fts.c.id)
+                .where(visible)
+                .order_by(fts.c.rank)
+                .limit(bindparam("limit"))
+            )
+        tsvector: ColumnElement[Any] = literal_column("memori_memories.text_tsv")
+        tsquery = func.to_tsquery("english", bindparam("q"))
+        rank = func.ts_rank_cd(tsvector, tsquery)
+        return (
+            select(memories.c.id, rank.label("rank"))
+            .where(visible, tsvector.op("@@")(tsquery))
+            .order_by(rank.desc())
             .limit(bindparam("limit"))
         )
 
@@ -276,9 +323,7 @@ class SQLStore:
         self._trusted: tuple[int, set[int]] = (-1, set())
         self._trusted_lock = threading.Lock()
         self._by_ids = _ByIds(self.dialect)
-        self._lexical: dict[tuple[bool, bool], Any] = {}
-        self._statements = _WriteStatements(self.dialect)
-        self._transcripts: dict[tuple[bool, bool], Any] = {}
+        self._statements = _Statements(self.dialect)
         self._migrate_lock = threading.Lock()
         self._snapshot: ContextVar[Connection | None] = ContextVar(
             f"memori_core_snapshot_{id(self):x}", default=None
@@ -412,25 +457,7 @@ class SQLStore:
         )
 
     def get_messages(self, scope: Scope, limit: int | None = None) -> list[StoredMessage]:
-        in_process = scope.process_id is not None
-        key = (in_process, limit is not None)
-        query = self._transcripts.get(key)
-        if query is None:
-            process = (
-                messages.c.process_id == bindparam("process")
-                if in_process
-                else messages.c.process_id.is_(None)
-            )
-            query = select(messages).where(
-                messages.c.session_id == bindparam("session"),
-                messages.c.entity_id == bindparam("entity"),
-                process,
-            )
-            if limit is not None:
-                query = query.order_by(messages.c.seq.desc()).limit(bindparam("limit"))
-            else:
-                query = query.order_by(messages.c.seq)
-            self._transcripts[key] = query
+        query = self._statements.transcript[(scope.process_id is None, limit is not None)]
         params = {
             "session": scope.session_id,
             "entity": scope.entity_id,
@@ -479,9 +506,7 @@ class SQLStore:
         with self._write() as conn:
             self._ensure_session(conn, scope, now)
             tail = conn.execute(
-                self._statements.tail_in_process
-                if scope.process_id is not None
-                else self._statements.tail_entity_wide,
+                self._statements.tail[scope.process_id is None],
                 {
                     "session": scope.session_id,
                     "entity": scope.entity_id,
@@ -682,7 +707,7 @@ class SQLStore:
             return []
         entity_wide = scope.process_id is None
         shared = share_across_processes and not entity_wide
-        statement = self._lexical_statement(entity_wide, shared)
+        statement = self._statements.lexical[(entity_wide, shared)]
         params: dict[str, Any] = {
             "entity": scope.entity_id,
             "process": scope.process_id,
@@ -700,58 +725,13 @@ class SQLStore:
             # FTS5 keeps only the top rows when ranking with ORDER BY rank LIMIT; the
             # margin covers superseded memories that the join drops.
             params["inner_limit"] = limit + 32
-            with self._read() as conn:
-                rows = conn.execute(statement, params).all()
-            return [(int(r.id), -float(r.rank)) for r in rows]
-        params["q"] = " | ".join(_pg_lexeme(t) for t in terms)
+            sign = -1.0  # FTS5's rank is bm25 negated (lower is better)
+        else:
+            params["q"] = " | ".join(_pg_lexeme(t) for t in terms)
+            sign = 1.0
         with self._read() as conn:
             rows = conn.execute(statement, params).all()
-        return [(int(r.id), float(r.rank)) for r in rows]
-
-    def _lexical_statement(self, entity_wide: bool, shared: bool) -> Any:
-        """The lexical search for one shape of scope, built once (its values are bound)."""
-        key = (entity_wide, shared)
-        statement = self._lexical.get(key)
-        if statement is not None:
-            return statement
-        process: ColumnElement[bool] = (
-            memories.c.process_id.is_(None)
-            if entity_wide
-            else memories.c.process_id == bindparam("process")
-        )
-        if shared:
-            process = or_(process, memories.c.process_id.is_(None))
-        visible = and_(
-            memories.c.entity_id == bindparam("entity"), process, memories.c.valid_to.is_(None)
-        )
-        if self.dialect == "sqlite":
-            fts = (
-                text(
-                    f"SELECT rowid AS id, rank FROM {FTS_TABLE} "
-                    f"WHERE {FTS_TABLE} MATCH :match ORDER BY rank LIMIT :inner_limit"
-                )
-                .columns(id=Integer, rank=Float)
-                .subquery("fts")
-            )
-            statement = (
-                select(fts.c.id, fts.c.rank)
-                .join(memories, memories.c.id == fts.c.id)
-                .where(visible)
-                .order_by(fts.c.rank)
-                .limit(bindparam("limit"))
-            )
-        else:
-            tsvector: ColumnElement[Any] = literal_column("memori_memories.text_tsv")
-            tsquery = func.to_tsquery("english", bindparam("q"))
-            rank = func.ts_rank_cd(tsvector, tsquery)
-            statement = (
-                select(memories.c.id, rank.label("rank"))
-                .where(visible, tsvector.op("@@")(tsquery))
-                .order_by(rank.desc())
-                .limit(bindparam("limit"))
-            )
-        self._lexical[key] = statement
-        return statement
+        return [(int(r.id), sign * float(r.rank)) for r in rows]
 
     def _scope_vectors(
         self, entity_id: str, process_id: str | None, model_id: str, dimension: int
@@ -759,7 +739,7 @@ class SQLStore:
         """(ids, matrix) of one (entity, process)'s vectors of `model_id`, from the cache,
         after reading only what was stored since the cache last looked."""
         key = (entity_id, process_id, model_id)
-        statement = _NEWER_ENTITY_WIDE if process_id is None else _NEWER_IN_PROCESS
+        statement = self._statements.newer[process_id is None]
         with self._read() as conn:
             # Memories still waiting for a vector are read again until they have one; on
             # SQLite only once a vector was written somewhere since the last look.
