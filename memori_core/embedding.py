@@ -17,13 +17,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from memori_core._encoder_graph import compact_int8_encoder
 from memori_core.errors import ConfigurationError, InvalidVectorError
 
 __all__ = [
     "Embedder",
     "MiniLMEmbedder",
     "check_vectors",
-    "quantize_activations",
     "resolve_embedder",
 ]
 
@@ -66,17 +66,19 @@ class MiniLMEmbedder:
     """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime: 384 dimensions.
 
     The shipped graph stores int8 weights that onnxruntime widens to float32 when it loads
-    them, so every product would run in float32. By default each product instead multiplies
-    the same int8 weights with its input quantized to 8 bits per call (`quantize_activations`):
-    a 15-token query takes 1.9 ms instead of 3.7 ms on one core here, a batch 2.2x less, at a
-    cosine of about 0.993 to the float32 vector, and LoCoMo R@10 0.800 instead of 0.802
-    (benchmarks/README.md). `int8_activations=False` runs the float32 graph; so does a model
-    the rewrite does not apply to. Vectors of both are comparable (same model, same id).
+    them, so every product would run in float32, and spells attention out in many small nodes.
+    By default the encoder is rebuilt from the same weights as a compact graph whose products
+    multiply in int8 with their input quantized per call (`compact_int8_encoder`): a 15-token
+    query takes ~1.1 ms instead of 4.0 ms on one core here, at a cosine of about 0.994 to the
+    float32 vector (benchmarks/README.md has the recall it gives). `int8_activations=False`
+    runs the float32 graph; so does a model the rebuild does not recognise. Vectors of both
+    are comparable (same model, same id).
     """
 
     model_id = "all-MiniLM-L6-v2-int8"
     dimension = 384
     max_tokens = 256
+    num_heads = 12
     batch_size = 32
 
     def __init__(
@@ -112,9 +114,16 @@ class MiniLMEmbedder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         model: str | bytes = str(model_path)
-        quantized = quantize_activations(Path(model_path)) if int8_activations else None
-        if quantized is not None:
-            model = quantized
+        compact = (
+            compact_int8_encoder(Path(model_path), self.num_heads) if int8_activations else None
+        )
+        if compact is None and int8_activations:
+            log.warning("the int8 encoder graph could not be built: embedding with float32")
+        if compact is not None:
+            model = compact
+            # The extended level would fuse Add + LayerNormalization into
+            # SkipLayerNormalization, which measured slower here (1.5 vs 1.1 ms a query).
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
             # An input is quantized with one scale for the whole batch (padding included), so
             # a text's vector would depend on the texts beside it: one text per run keeps it
             # its own, and is faster here anyway (327 vs 237 LoCoMo turns/s; float32 batches
@@ -152,91 +161,6 @@ class MiniLMEmbedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         result: np.ndarray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
         return result
-
-
-def quantize_activations(model_path: Path) -> bytes | None:
-    """The model at `model_path` with each float32 product of an int8 weight replaced by
-    onnxruntime's `DynamicQuantizeMatMul` over the same int8 weight; None if it has none.
-
-    The weights stay bit for bit what the package ships: `Cast(int8) -> Mul(per-column scale)
-    -> MatMul` becomes one node that quantizes its input per call and multiplies in int8.
-    """
-    try:
-        import onnx
-        from onnx import helper, numpy_helper
-    except ImportError:  # a core dependency; a broken install still embeds, only slower
-        log.warning("the onnx package is missing: embedding with the float32 graph")
-        return None
-
-    model = onnx.load(str(model_path))
-    graph = model.graph
-    initializers = {i.name: i for i in graph.initializer}
-    producer = {output: node for node in graph.node for output in node.output}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    dropped: set[int] = set()
-    unused: set[str] = set()
-    nodes = []
-    for node in graph.node:
-        widened = _int8_weight(node, producer, initializers, uses)
-        if widened is None:
-            nodes.append(node)
-            continue
-        cast, mul = widened
-        weight, scale_name = cast.input[0], mul.input[1]
-        scale = numpy_helper.to_array(initializers[scale_name]).reshape(-1).astype(np.float32)
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(scale, f"{scale_name}_per_column"),
-                numpy_helper.from_array(np.zeros(scale.size, np.int8), f"{weight}_zero_point"),
-            ]
-        )
-        nodes.append(
-            helper.make_node(
-                "DynamicQuantizeMatMul",
-                [node.input[0], weight, f"{scale_name}_per_column", f"{weight}_zero_point"],
-                list(node.output),
-                name=f"{node.name}_quantized",
-                domain="com.microsoft",
-            )
-        )
-        dropped.update((id(cast), id(mul)))
-        unused.add(scale_name)
-    if not dropped:
-        return None
-    kept = [node for node in nodes if id(node) not in dropped]
-    del graph.node[:]
-    graph.node.extend(kept)
-    still_used = [i for i in graph.initializer if i.name not in unused]
-    del graph.initializer[:]
-    graph.initializer.extend(still_used)
-    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    serialized: bytes = model.SerializeToString()
-    return serialized
-
-
-def _int8_weight(
-    node: Any, producer: dict[str, Any], initializers: dict[str, Any], uses: dict[str, int]
-) -> tuple[Any, Any] | None:
-    """(Cast, Mul) if `node` is a MatMul whose weight is an int8 initializer times a
-    per-column scale, used by this MatMul only; else None."""
-    if node.op_type != "MatMul" or len(node.input) != 2 or uses.get(node.input[1]) != 1:
-        return None
-    mul = producer.get(node.input[1])
-    if mul is None or mul.op_type != "Mul" or mul.input[1] not in initializers:
-        return None
-    cast = producer.get(mul.input[0])
-    if cast is None or cast.op_type != "Cast" or uses.get(mul.input[0]) != 1:
-        return None
-    weight = initializers.get(cast.input[0])
-    scale = initializers.get(mul.input[1])
-    if weight is None or scale is None or weight.data_type != 3 or len(weight.dims) != 2:  # int8
-        return None
-    if list(scale.dims) != [1, weight.dims[1]] or uses.get(mul.input[1]) != 1:
-        return None
-    return cast, mul
 
 
 _shared: dict[str, Embedder] = {}

