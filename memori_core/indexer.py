@@ -8,6 +8,7 @@ import os
 import threading
 import time
 
+from memori_core._foreground import give_way, mark_background_thread
 from memori_core.embedding import Embedder, check_vectors
 from memori_core.errors import StorageError
 from memori_core.store.sql import SQLStore
@@ -97,6 +98,7 @@ class EmbeddingIndexer:
                     for i, text in zip(ids, texts, strict=True)
                 ]
             try:
+                give_way()  # the default embedder also gives way between its texts
                 vectors = check_vectors(
                     self.embedder.embed(texts),
                     len(pending),
@@ -149,6 +151,7 @@ class EmbeddingIndexer:
 
     def _run(self) -> None:
         _lower_priority()
+        mark_background_thread()
         backoff = 0.5
         while not self._stopping.is_set():
             self._wake.wait()

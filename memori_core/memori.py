@@ -13,6 +13,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from memori_core._foreground import foreground
 from memori_core.context import format_memory_block, is_memory_block, strip_memory_block
 from memori_core.embedding import Embedder, resolve_embedder
 from memori_core.errors import (
@@ -266,7 +267,7 @@ class Memori:
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise UsageError("limit must be a positive int or None")
         store = self._ready()
-        with store.snapshot():
+        with foreground(), store.snapshot():
             results = rank(
                 store,
                 self._require_scope(),
@@ -424,13 +425,14 @@ class Memori:
             return []
         if at is not None and not isinstance(at, datetime):
             raise UsageError("at must be a datetime")
-        stored = self._ready().write_turn(
-            self._session_scope(session_id),
-            coerced,
-            dedupe_prefix=dedupe_prefix,
-            at=None if at is None else at.timestamp(),
-            drafts_for=self._drafts,
-        )
+        with foreground():
+            stored = self._ready().write_turn(
+                self._session_scope(session_id),
+                coerced,
+                dedupe_prefix=dedupe_prefix,
+                at=None if at is None else at.timestamp(),
+                drafts_for=self._drafts,
+            )
         self._count("messages_stored", len(stored))
         if stored and self._embedder is not None:
             indexer_for(self._store, self._embedder, self.vector_index).notify()

@@ -31,7 +31,7 @@ import numpy as np
 from memori_core.embedding import Embedder, check_vectors
 from memori_core.scope import Scope
 from memori_core.store.sql import MemoryRow, SQLStore
-from memori_core.store.vectors import similarities
+from memori_core.store.vectors import Int8Rows
 from memori_core.types import Recalled, ScoreParts
 from memori_core.vector import VectorIndex
 
@@ -123,15 +123,15 @@ def rank(
 ) -> list[Recalled]:
     """The `limit` best memories of `scope` for `query`, each with its score parts."""
     # The query's embedding and its similarity to every vector of the scope (the slowest
-    # steps) run on another core while the lexical leg runs here: ONNX inference, einsum and
-    # SQLite release the GIL.
+    # steps) run on another core while the lexical leg runs here: ONNX inference and SQLite
+    # release the GIL.
     dense_embedder = embedder if query.strip() else None
-    scope_ids, scope_matrix = (
+    scope_ids, scope_rows = (
         store.scope_vectors(scope, dense_embedder.model_id, share_across_processes)
         if dense_embedder is not None and vector_index is None
         else (None, None)
     )
-    pending = _DenseLeg(dense_embedder, query, scope_matrix) if dense_embedder is not None else None
+    pending = _DenseLeg(dense_embedder, query, scope_rows) if dense_embedder is not None else None
     try:
         terms = lexical_terms(query)
         lexical = (
@@ -457,32 +457,23 @@ def _query_pool() -> ThreadPoolExecutor:
 
 
 class _DenseLeg:
-    """The query's vector and its cosine similarity to each row of the scope's matrix, started
-    on a pool thread at once; `result()` waits for it.
-
-    The pool thread embeds the query, hands the vector over, and scores the first half of a
-    large matrix; the caller, its lexical leg done by then, scores the other half (both cores
-    stream the matrix instead of one while the other waits). A failing embedder gives
-    (None, None): recall then stays lexical.
+    """The query's vector and its similarity to each row of the scope's vectors, computed on a
+    pool thread while the caller runs the lexical leg; `result()` waits for it. A failing
+    embedder gives (None, None): recall then stays lexical.
     """
 
-    # Below this many rows splitting the product costs more than it saves.
-    split_rows = 4096
-
-    def __init__(self, embedder: Embedder, query: str, matrix: np.ndarray | None) -> None:
+    def __init__(self, embedder: Embedder, query: str, rows: Int8Rows | None) -> None:
         self._embedder = embedder
         self._query = query
-        self._matrix = matrix
-        rows = 0 if matrix is None else matrix.shape[0]
-        self._split = rows // 2 if rows >= self.split_rows else rows
+        self._rows = rows
         self._vector: Future[np.ndarray | None] = Future()
-        self._head: Future[np.ndarray | None] | None
+        self._scores: Future[np.ndarray | None] | None
         try:
-            self._head = _query_pool().submit(self._embed_and_score_head)
+            self._scores = _query_pool().submit(self._embed_and_score)
         except RuntimeError:  # interpreter shutting down: run it inline in result()
-            self._head = None
+            self._scores = None
 
-    def _embed_and_score_head(self) -> np.ndarray | None:
+    def _embed_and_score(self) -> np.ndarray | None:
         vector: np.ndarray | None = None
         try:
             vector = check_vectors(
@@ -491,29 +482,16 @@ class _DenseLeg:
         except Exception:
             log.warning("embedding the query failed; recalling lexically", exc_info=True)
         finally:
-            # Always answered, so that result() never waits for a vector that is not coming.
+            # Always answered, so that result() never waits for scores that are not coming.
             self._vector.set_result(vector)
-        if vector is None or self._matrix is None:
+        if vector is None or self._rows is None:
             return None
-        return similarities(self._matrix[: self._split], vector)
+        return self._rows.similarities(vector)
 
     def result(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(vector, similarities to every row of the matrix), either None if unavailable."""
-        head_future = self._head
-        if head_future is None:
-            head = self._embed_and_score_head()
-        vector = self._vector.result()
-        if vector is None:
-            if head_future is not None:
-                head_future.result()
-            return None, None
-        if self._matrix is None:
-            return vector, None
-        tail = similarities(self._matrix[self._split :], vector)
-        if head_future is not None:
-            head = head_future.result()
-        assert head is not None
-        return vector, np.concatenate([head, tail])
+        """(vector, similarities to every row), either None if unavailable."""
+        scores = self._embed_and_score() if self._scores is None else self._scores.result()
+        return self._vector.result(), scores
 
 
 @functools.lru_cache(maxsize=4096)

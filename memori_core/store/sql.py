@@ -52,7 +52,7 @@ from memori_core.store.schema import (
     messages,
     sessions,
 )
-from memori_core.store.vectors import VectorCache, similarities
+from memori_core.store.vectors import Int8Rows, VectorCache
 from memori_core.types import ForgetReport, Message, SessionInfo, StoredMessage
 from memori_core.vector import VectorIndex
 
@@ -735,7 +735,7 @@ class SQLStore:
 
     def _scope_vectors(
         self, entity_id: str, process_id: str | None, model_id: str, dimension: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, Int8Rows]:
         """(ids, matrix) of one (entity, process)'s vectors of `model_id`, from the cache,
         after reading only what was stored since the cache last looked."""
         key = (entity_id, process_id, model_id)
@@ -798,8 +798,8 @@ class SQLStore:
 
     def scope_vectors(
         self, scope: Scope, model_id: str, share_across_processes: bool, dimension: int = 0
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Every cached vector of the scope: (memory ids, matrix), or (empty ids, None).
+    ) -> tuple[np.ndarray, Int8Rows | None]:
+        """Every cached vector of the scope: (memory ids, rows), or (empty ids, None).
 
         May include memories deleted or superseded since they were cached; `get_memories`
         drops those, so rank through it."""
@@ -814,7 +814,7 @@ class SQLStore:
             return parts[0]
         return (
             np.concatenate([ids for ids, _ in parts]),
-            np.vstack([matrix for _, matrix in parts]),
+            Int8Rows.concat([rows for _, rows in parts]),
         )
 
     def dense_search(
@@ -841,7 +841,7 @@ class SQLStore:
                 )
                 if not len(ids):
                     continue
-                scores = similarities(matrix, query_vector)
+                scores = matrix.similarities(query_vector)
                 # Over-fetch: a few cached hits may have been deleted or superseded since.
                 k = min(len(ids), 2 * limit)
                 top = np.argpartition(-scores, k - 1)[:k]
