@@ -2,9 +2,11 @@
 
     .venv/bin/python benchmarks/openai_overhead.py [--memories 10000] [--calls 300]
         [--embedder default|hash|none] [--model-latency-ms 0] [--seed-db PATH]
-        [--out benchmarks/results/openai_overhead.json]
+        [--locomo ../shared/data/locomo10.json] [--out benchmarks/results/openai_overhead.json]
 
-The entity gets `--memories` memories first (recorded turns, embedded before timing starts).
+The entity gets `--memories` synthetic memories first (recorded turns, embedded before timing
+starts), or with `--locomo` the 9,364 texts of LoCoMo's conversations, whose questions are
+then the calls' messages (see `Corpus`).
 Then the same `chat.completions.create` call is made on a bare client and on a registered one,
 alternately, both over an httpx2 `MockTransport` that answers at once (or after
 `--model-latency-ms`, as a real model does: the background embedding of earlier turns then
@@ -140,6 +142,61 @@ def _embedder(name: str) -> Any:
     return {"default": "default", "hash": HashEmbedder(), "none": None}[name]
 
 
+class Corpus:
+    """What the entity said before (the memories) and what it asks in the timed calls.
+
+    `synthetic`: sentences over 16 topics, so each query's topic words are in ~9% of the
+    memories (many lexical matches: a worst case for BM25). `locomo`: the text of LoCoMo's 10
+    conversations (turns, observations, event and session summaries: 9,364 memories of real
+    conversation) and its questions.
+    """
+
+    def __init__(self, locomo: Path | None, rng: random.Random) -> None:
+        self.name = "synthetic" if locomo is None else "locomo"
+        self._rng = rng
+        self._asked = 0
+        self._sessions: list[list[str]] = []
+        self._questions: list[str] = []
+        if locomo is not None:
+            for sample in json.loads(locomo.read_text()):
+                self._sessions.extend(_locomo_sessions(sample))
+                self._questions.extend(str(qa["question"]) for qa in sample["qa"])
+
+    def query(self) -> str:
+        """The next timed call's user message (never the same text twice in a run)."""
+        self._asked += 1
+        if self._questions:
+            return self._questions[self._asked % len(self._questions)]
+        return f"What do you remember about {self._rng.choice(_TOPICS)}? ({self._asked})"
+
+    def populate(self, mem: Memori, memories: int) -> int:
+        """Record the corpus (synthetic: until the entity has `memories` memories)."""
+        if not self._sessions:
+            return populate(mem, memories, self._rng)
+        made = 0
+        for texts in self._sessions:
+            mem.new_session()
+            made += len(mem.record([{"role": "user", "content": t} for t in texts]))
+        mem.flush()
+        return made
+
+
+def _locomo_sessions(sample: dict[str, Any]) -> list[list[str]]:
+    conversation = sample["conversation"]
+    sessions = [
+        [f"{turn['speaker']}: {turn['text']}" for turn in turns]
+        for key, turns in conversation.items()
+        if key.startswith("session_") and isinstance(turns, list)
+    ]
+    notes: list[str] = []
+    for observed in sample["observation"].values():
+        notes.extend(str(fact[0]) for facts in observed.values() for fact in facts)
+    for events in sample["event_summary"].values():
+        notes.extend(str(e) for speaker, said in events.items() if speaker != "date" for e in said)
+    notes.extend(str(summary) for summary in sample["session_summary"].values())
+    return [*sessions, notes]
+
+
 def populate(mem: Memori, memories: int, rng: random.Random) -> int:
     """Record user turns until the entity has at least `memories` memories; return the count."""
     made = 0
@@ -202,6 +259,7 @@ async def _atime(call: Callable[[], Awaitable[Any]]) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(7)
+    corpus = Corpus(Path(args.locomo) if args.locomo else None, rng)
     tmp = Path(tempfile.mkdtemp(prefix="memori-bench-"))
     db = tmp / "bench.db"
     seed = Path(args.seed_db) if args.seed_db else None
@@ -217,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         memories = len(mem._ready().list_memories(mem.scope, share_across_processes=False))
         mem.flush()
     else:
-        memories = populate(mem, args.memories, rng)
+        memories = corpus.populate(mem, args.memories)
         if seed is not None:
             _copy_sqlite(db, seed)
     populate_s = time.perf_counter() - t0
@@ -253,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         same_ms: list[float] = []
         mem.new_session()
         for i in range(args.warmup + args.calls):
-            text = f"What do you remember about {rng.choice(_TOPICS)}? ({i})"
+            text = corpus.query()
             if fresh:
                 mem.new_session()
             b = _time(make(bare, text))
@@ -281,7 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bare_ms: list[float] = []
         wrapped_ms: list[float] = []
         for i in range(args.warmup + args.calls):
-            text = f"What do you remember about {rng.choice(_TOPICS)}? ({i})"
+            text = corpus.query()
             mem.new_session()
             messages = [{"role": "user", "content": text}]
             b = await _atime(
@@ -301,8 +359,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # interceptor with those calls stubbed out (its own bookkeeping and request building).
     breakdown: dict[str, float] = {}
     context_ms, record_ms = [], []
-    for i in range(args.calls):
-        text = f"What do you remember about {rng.choice(_TOPICS)}? ({i})"
+    for _ in range(args.calls):
+        text = corpus.query()
         mem.new_session()
         context_ms.append(_time(lambda t=text: mem.context(t)))
         turn = [{"role": "user", "content": text}, {"role": "assistant", "content": "Noted."}]
@@ -329,7 +387,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stub.llm.register(stubbed)
     bare_ms, wrapped_ms = [], []
     for i in range(args.warmup + args.calls):
-        text = f"What do you remember about {rng.choice(_TOPICS)}? ({i})"
+        text = corpus.query()
         b = _time(new_session(bare, text))
         w = _time(new_session(stubbed, text))
         if i >= args.warmup:
@@ -348,6 +406,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "platform": platform.platform(),
         "openai": openai.__version__,
         "embedder": args.embedder,
+        "corpus": corpus.name,
         "memories": memories,
         "populate_seconds": round(populate_s, 2),
         "calls_per_scenario": args.calls,
@@ -378,12 +437,19 @@ def main() -> None:
         "--seed-db",
         help="populate this SQLite file once and start every later run from a copy of it",
     )
+    parser.add_argument(
+        "--locomo",
+        metavar="PATH",
+        help="use LoCoMo's conversations (locomo10.json) as the memories and its questions as "
+        "the calls, instead of the synthetic sentences",
+    )
     parser.add_argument("--out", default="benchmarks/results/openai_overhead.json")
     args = parser.parse_args()
     report = run(args)
 
     print(
-        f"memori OpenAI interceptor overhead: {report['memories']} memories, "
+        f"memori OpenAI interceptor overhead: {report['memories']} memories "
+        f"({report['corpus']}), "
         f"embedder={report['embedder']}, {report['calls_per_scenario']} calls each, "
         f"mock model answers in {report['model_latency_ms']:.0f} ms"
     )
