@@ -225,7 +225,9 @@ def test_cached_vectors_score_close_to_float32_and_the_same_in_any_slice(count: 
     matrix = rng.normal(size=(count, embedder.dimension)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     rows = Int8Rows.quantize(matrix)
-    vector, scores = _DenseLeg(embedder, "trip to Tokyo", rows).result()
+    leg = _DenseLeg(embedder, "trip to Tokyo")
+    leg.score(rows)
+    vector, scores = leg.result()
     assert vector is not None and scores is not None
     assert np.allclose(vector, embedder.embed(["trip to Tokyo"])[0])
     assert scores.dtype == np.float32 and scores.shape == (count,)
@@ -235,5 +237,7 @@ def test_cached_vectors_score_close_to_float32_and_the_same_in_any_slice(count: 
     assert np.array_equal(sliced, scores)
     assert np.array_equal(Int8Rows.concat([rows[:half], rows[half:]]).similarities(vector), scores)
 
-    # A failing embedder answers at once (no vector, no scores).
-    assert _DenseLeg(FailingEmbedder(), "trip to Tokyo", rows).result() == (None, None)
+    # A failing embedder gives no vector and no scores.
+    failing = _DenseLeg(FailingEmbedder(), "trip to Tokyo")
+    failing.score(rows)
+    assert failing.result() == (None, None)
