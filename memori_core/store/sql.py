@@ -631,10 +631,38 @@ class SQLStore:
         by_seq: dict[int, int],
         created: float,
     ) -> None:
+        # A turn's episodic memories are inserted by one statement (their ids are not needed);
+        # a fact is inserted alone, in its place among them, since it may merge or supersede.
+        events: list[dict[str, Any]] = []
         for draft in drafts:
             process_id = None if draft.entity_wide else scope.process_id
             digest = text_hash(draft.text)
             source_ids = [by_seq[s] for s in draft.source_seq if s in by_seq]
+            values = {
+                "entity_id": scope.entity_id,
+                "process_id": process_id,
+                "session_id": scope.session_id,
+                "kind": draft.kind,
+                "text": draft.text,
+                "text_hash": digest,
+                "scope_key": scope_key(scope.entity_id, process_id),
+                "lexical_text": scoped_text(scope_prefix(scope.entity_id, process_id), draft.text)
+                if self.dialect == "sqlite"
+                else None,
+                "fact_key": draft.fact_key,
+                "source_message_ids": json.dumps(source_ids),
+                "created_at": created,
+                "valid_from": created,
+                "salience": draft.salience,
+                "times_seen": 1,
+                "embed_attempts": 0,
+            }
+            if draft.kind == "event" and draft.fact_key is None:
+                events.append(values)
+                continue
+            if events:
+                conn.execute(memories.insert(), events)
+                events = []
             if draft.kind != "event":
                 existing = conn.execute(
                     select(memories.c.id, memories.c.source_message_ids).where(
@@ -657,30 +685,7 @@ class SQLStore:
                         )
                     )
                     continue
-            new_id = conn.execute(
-                self._statements.insert_memory,
-                {
-                    "entity_id": scope.entity_id,
-                    "process_id": process_id,
-                    "session_id": scope.session_id,
-                    "kind": draft.kind,
-                    "text": draft.text,
-                    "text_hash": digest,
-                    "scope_key": scope_key(scope.entity_id, process_id),
-                    "lexical_text": scoped_text(
-                        scope_prefix(scope.entity_id, process_id), draft.text
-                    )
-                    if self.dialect == "sqlite"
-                    else None,
-                    "fact_key": draft.fact_key,
-                    "source_message_ids": json.dumps(source_ids),
-                    "created_at": created,
-                    "valid_from": created,
-                    "salience": draft.salience,
-                    "times_seen": 1,
-                    "embed_attempts": 0,
-                },
-            ).scalar_one()
+            new_id = conn.execute(self._statements.insert_memory, values).scalar_one()
             if draft.fact_key is not None:
                 conn.execute(
                     update(memories)
@@ -693,6 +698,8 @@ class SQLStore:
                     )
                     .values(valid_to=created, superseded_by=new_id)
                 )
+        if events:
+            conn.execute(memories.insert(), events)
 
     @staticmethod
     def _visible(scope: Scope, share_across_processes: bool) -> ColumnElement[bool]:
