@@ -10,6 +10,7 @@ a pause of hundreds of milliseconds; the bound keeps a backlog moving under cons
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,18 @@ _active = 0
 _last_ended = 0.0
 _changed = threading.Condition(threading.Lock())
 _thread = threading.local()
+
+
+def _reset_in_child() -> None:
+    # A fork copies the lock as it was (perhaps held by a thread that does not exist there)
+    # and the parent's calls in progress, which the child will never end.
+    global _active, _changed
+    _active = 0
+    _changed = threading.Condition(threading.Lock())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 
 @contextmanager

@@ -69,3 +69,34 @@ def test_background_goes_ahead_after_max_wait_under_constant_calls() -> None:
         stop.set()
         caller.join(10)
     assert 0.25 <= went_ahead - start < 3.0
+
+
+def test_a_forked_child_does_not_wait_for_the_parents_calls() -> None:
+    """A call in progress when the process forks never ends in the child: its background
+    work must not wait for it (nor on a lock a parent thread held)."""
+    import multiprocessing
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    def call() -> None:
+        with foreground():
+            entered.set()
+            release.wait(10)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    entered.wait(10)
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_child_gives_way_at_once)
+        child.start()
+        child.join(20)
+        assert child.exitcode == 0
+    finally:
+        release.set()
+        caller.join(10)
+
+
+def _child_gives_way_at_once() -> None:
+    start, went_ahead = _give_way_in_background(quiet=0.0, max_wait=5.0)
+    raise SystemExit(0 if went_ahead - start < 1.0 else 1)
