@@ -80,7 +80,7 @@ class RankingConfig:
     neighbour_weight: float = 0.35
     second_neighbour_weight: float = 0.25
     neighbour_seeds: int = 30
-    neighbour_probe: int = 4
+    neighbour_probe: int = 3
     recency_weight: float = 0.05
     salience_weight: float = 0.05
     recency_half_life_days: float = 30.0
