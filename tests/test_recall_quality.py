@@ -241,3 +241,24 @@ def test_cached_vectors_score_close_to_float32_and_the_same_in_any_slice(count: 
     failing = _DenseLeg(FailingEmbedder(), "trip to Tokyo")
     failing.score(rows)
     assert failing.result() == (None, None)
+
+
+def test_cached_vectors_handle_empty_scopes_and_zero_vectors() -> None:
+    from memori_core.store.vectors import Int8Rows, ScopeVectors
+
+    assert Int8Rows.empty(8).similarities(np.ones(8, np.float32)).shape == (0,)
+    rows = Int8Rows.quantize(np.vstack([np.zeros(8), np.full(8, 0.5)]).astype(np.float32))
+    assert rows.similarities(np.zeros(8, np.float32)).tolist() == [0.0, 0.0]
+    assert rows.similarities(np.full(8, 0.5, np.float32)).tolist() == pytest.approx([0.0, 2.0])
+
+    # The cache grows by doubling and keeps every row it was given, in order.
+    entry = ScopeVectors(0)
+    rng = np.random.default_rng(7)
+    batches = [rng.normal(size=(n, 8)).astype(np.float32) for n in (3, 70, 1, 200)]
+    for start, batch in zip((0, 3, 73, 74), batches, strict=True):
+        entry.append(list(range(start, start + len(batch))), batch)
+    ids, cached = entry.view()
+    assert ids.tolist() == list(range(274)) and len(cached) == 274
+    query = rng.normal(size=8).astype(np.float32)
+    exact = np.vstack(batches) @ query
+    assert np.abs(cached.similarities(query) - exact).max() < 0.02 * np.abs(exact).max()
