@@ -7,7 +7,7 @@ import logging
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -262,6 +262,11 @@ class Memori:
 
     def recall(self, query: str, *, limit: int | None = None) -> list[Recalled]:
         """The memories of the current entity (and process) most relevant to `query`."""
+        return self._recall(query, limit, None)
+
+    def _recall(
+        self, query: str, limit: int | None, while_waiting: Callable[[], object] | None
+    ) -> list[Recalled]:
         if not isinstance(query, str):
             raise InvalidMessageError(f"query must be a str, got {type(query).__name__}")
         if limit is not None and (not isinstance(limit, int) or limit < 1):
@@ -277,6 +282,7 @@ class Memori:
                 share_across_processes=self.share_across_processes,
                 config=self.ranking,
                 vector_index=self.vector_index,
+                while_waiting=while_waiting,
             )
         self._count("recalls")
         return results
@@ -285,8 +291,20 @@ class Memori:
         self, query: str, *, limit: int | None = None, token_budget: int | None = None
     ) -> str:
         """The marked memory block to inject for `query` ('' when nothing is relevant)."""
+        return self._context(query, limit=limit, token_budget=token_budget)
+
+    def _context(
+        self,
+        query: str,
+        *,
+        limit: int | None = None,
+        token_budget: int | None = None,
+        while_waiting: Callable[[], object] | None = None,
+    ) -> str:
+        """`context()`, calling `while_waiting` once while recall waits for the query's
+        embedding (in the recall's read transaction)."""
         return format_memory_block(
-            self.recall(query, limit=limit), token_budget or self.context_token_budget
+            self._recall(query, limit, while_waiting), token_budget or self.context_token_budget
         )
 
     def stats(self) -> dict[str, int]:

@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -120,8 +120,13 @@ def rank(
     token_budget: int | None = None,
     now: float | None = None,
     vector_index: VectorIndex | None = None,
+    while_waiting: Callable[[], object] | None = None,
 ) -> list[Recalled]:
-    """The `limit` best memories of `scope` for `query`, each with its score parts."""
+    """The `limit` best memories of `scope` for `query`, each with its score parts.
+
+    `while_waiting` is called once, in this thread, once the lexical leg is done and while the
+    query is usually still being embedded: work the caller would do next anyway (the resume
+    check's transcript read) costs no time then."""
     # The query's embedding and its similarity to every vector of the scope (the slowest
     # steps) run on another core while the scope's vectors are read and the lexical leg runs
     # here: ONNX inference and SQLite release the GIL.
@@ -144,6 +149,8 @@ def rank(
             if terms
             else []
         )
+        if while_waiting is not None:
+            while_waiting()
     finally:
         vector, scores = pending.result() if pending is not None else (None, None)
     dense = _DenseScores.empty()

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from memori_core import Memori
 from memori_core.context import MEMORY_BLOCK_START
+from memori_core.errors import StorageError
 from memori_core.testing import HashEmbedder
 
 MakeMemori = Callable[..., Memori]
@@ -906,6 +907,26 @@ def test_broken_database_fails_open(
     assert stats["llm_recall_errors"] == 1
     assert stats["llm_record_errors"] == 1
     assert "memori: recall failed" in caplog.text
+
+
+def test_a_failed_transcript_read_still_injects_the_recalled_memories(
+    fake: FakeOpenAI, make_memori: MakeMemori, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume check reads the transcript during recall; its failure costs the replay only."""
+    mem = make_memori()
+    client = fake.client()
+    mem.llm.register(client).attribution(entity_id="user-1", process_id="p")
+    client.chat.completions.create(model="gpt-4o-mini", messages=[user("I like green tea")])
+    mem.flush()
+    mem.new_session()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("transcript unreadable")
+
+    monkeypatch.setattr(mem, "messages", broken)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[user("Which tea do I like?")])
+    assert any("green tea" in block for block in blocks(fake.last))
+    assert mem.stats()["llm_recall_errors"] == 1
 
 
 async def test_database_path_that_is_a_directory_fails_open(

@@ -257,8 +257,10 @@ class LLMRegistry:
             self._count("llm_replayed_messages", turn.replayed)
         return kwargs
 
-    def _recall_failed(self) -> None:
-        logger.warning("memori: recall failed; calling the model without memory", exc_info=True)
+    def _recall_failed(self, error: BaseException | None = None) -> None:
+        logger.warning(
+            "memori: recall failed; calling the model without memory", exc_info=error or True
+        )
         self._count("llm_recall_errors")
 
     def _record_failed(self) -> None:
@@ -287,13 +289,30 @@ class LLMRegistry:
     def _fetch(self, turn: Turn) -> tuple[str, list[StoredMessage]]:
         block = ""
         history: list[StoredMessage] = []
+        read: list[BaseException | None] = []  # one entry once the transcript was read
+
+        def read_transcript() -> None:
+            nonlocal history
+            try:
+                history = self.memori.messages(turn.session_id, limit=self.replay_messages)
+                read.append(None)
+            except Exception as e:  # reported below; the recall itself goes on
+                read.append(e)
+
+        failed: BaseException | None = None
         try:
             if turn.query:
-                block = self.memori.context(turn.query)
-            if turn.wants_history:
-                history = self.memori.messages(turn.session_id, limit=self.replay_messages)
-        except Exception:
-            self._recall_failed()
+                # The transcript is read while recall waits for the query's embedding.
+                block = self.memori._context(
+                    turn.query, while_waiting=read_transcript if turn.wants_history else None
+                )
+        except Exception as e:
+            failed = e
+        if turn.wants_history and not read:
+            read_transcript()
+        failed = failed or (read[0] if read else None)
+        if failed is not None:
+            self._recall_failed(failed)  # once per call: the caller sees one failed recall
         return block, history
 
     def _record(self, turn: Turn, messages: list[Message] | None) -> None:
