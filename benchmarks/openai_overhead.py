@@ -369,7 +369,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     breakdown["core_record_p50_ms"] = statistics.median(record_ms)
 
     class Stubbed(Memori):
-        def context(self, query: str, **_: Any) -> str:
+        # What the interceptor calls: recall's block, with the transcript read it runs while
+        # recall waits for the query's embedding.
+        def _context(self, query: str, **kwargs: Any) -> str:
+            while_waiting = kwargs.get("while_waiting")
+            if while_waiting is not None:
+                while_waiting()
             return "<memori-memory>\n- a memory\n</memori-memory>"
 
         def messages(self, session_id: Any = None, **_: Any) -> list[Any]:

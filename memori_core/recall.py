@@ -124,9 +124,9 @@ def rank(
 ) -> list[Recalled]:
     """The `limit` best memories of `scope` for `query`, each with its score parts.
 
-    `while_waiting` is called once, in this thread, once the lexical leg is done and while the
-    query is usually still being embedded: work the caller would do next anyway (the resume
-    check's transcript read) costs no time then."""
+    `while_waiting` is called in this thread after the lexical leg, while the query's embedding
+    usually still runs on the other core: work the caller would do next anyway (the resume
+    check's transcript read) then costs the call nothing."""
     # The query's embedding and its similarity to every vector of the scope (the slowest
     # steps) run on another core while the scope's vectors are read and the lexical leg runs
     # here: ONNX inference and SQLite release the GIL.

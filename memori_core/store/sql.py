@@ -160,6 +160,7 @@ class _Statements:
             index_elements=["id"], set_={"last_active_at": upsert.excluded.last_active_at}
         ).returning(sessions.c.entity_id, sessions.c.process_id)
         self.insert_memory = memories.insert().returning(memories.c.id)
+        self.insert_memories = memories.insert()
         self.insert_messages = messages.insert().returning(messages)
         wide = (False, True)
         # A session's last `limit` messages' (seq, content_hash), newest first.
@@ -661,7 +662,7 @@ class SQLStore:
                 events.append(values)
                 continue
             if events:
-                conn.execute(memories.insert(), events)
+                conn.execute(self._statements.insert_memories, events)
                 events = []
             if draft.kind != "event":
                 existing = conn.execute(
@@ -699,7 +700,7 @@ class SQLStore:
                     .values(valid_to=created, superseded_by=new_id)
                 )
         if events:
-            conn.execute(memories.insert(), events)
+            conn.execute(self._statements.insert_memories, events)
 
     @staticmethod
     def _visible(scope: Scope, share_across_processes: bool) -> ColumnElement[bool]:
