@@ -3,7 +3,7 @@
 The package's ONNX export stores int8 weights that are widened to float32 at load (`Cast ->
 Mul(scale) -> MatMul`), and spells attention out in ~40 small nodes per layer (reshapes,
 transposes, mask arithmetic, NaN guards). For a 15-token query the per-node overhead outweighs
-the arithmetic. `compact_int8_encoder` rebuilds the same encoder from the same weights in ~12
+the arithmetic. `compact_int8_encoder` rebuilds the same encoder from the same weights in 10
 nodes per layer, using onnxruntime's own kernels: one quantized attention node (the Q, K and V
 weights side by side, so the input is quantized once for all three), `DynamicQuantizeMatMul`
 for the other products (input quantized per call, bias added in the kernel), `Gelu`, and

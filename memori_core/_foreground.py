@@ -1,7 +1,7 @@
 """Work a caller waits on (a recall, a turn being stored) and background work that yields to it.
 
 With calls back to back, the background embedding of the turns just stored (~3 ms of CPU per
-turn with its context) ran beside the next call's recall and slowed it by ~1 ms on two cores,
+turn with its context) ran beside the next call's recall and slowed it by ~0.7 ms on two cores,
 SCHED_IDLE notwithstanding (it takes the moments a thread waits for the GIL or a lock, and
 the caches). So a background thread gives way between texts: it waits until this process has
 had no foreground work for `QUIET_SECONDS`, or `MAX_WAIT_SECONDS` passed. A real model call is
