@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memori_core import Memori, Message
 from memori_core.indexer import EmbeddingIndexer
@@ -262,3 +264,33 @@ def test_cached_vectors_handle_empty_scopes_and_zero_vectors() -> None:
     query = rng.normal(size=8).astype(np.float32)
     exact = np.vstack(batches) @ query
     assert np.abs(cached.similarities(query) - exact).max() < 0.02 * np.abs(exact).max()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(min_value=1, max_value=40),
+    dimension=st.integers(min_value=2, max_value=64),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    scale=st.floats(min_value=1e-3, max_value=1e3),
+)
+def test_cached_vector_scores_stay_within_the_quantization_bound(
+    rows: int, dimension: int, seed: int, scale: float
+) -> None:
+    """Whatever the vectors, an 8-bit score is off by at most what rounding each code can cost:
+    half a step of the row's scale on each query element, half a step of the query's scale on
+    each row element, and their product."""
+    from memori_core.store.vectors import Int8Rows
+
+    rng = np.random.default_rng(seed)
+    matrix = (rng.normal(size=(rows, dimension)) * scale).astype(np.float32)
+    query = (rng.normal(size=dimension) * scale).astype(np.float32)
+    got = Int8Rows.quantize(matrix).similarities(query).astype(np.float64)
+    exact = matrix.astype(np.float64) @ query.astype(np.float64)
+    row_step = np.abs(matrix).max(axis=1) / 127.0
+    query_step = np.abs(query).max() / 127.0
+    bound = (
+        row_step / 2 * np.abs(query).sum()
+        + query_step / 2 * np.abs(matrix).sum(axis=1)
+        + dimension * row_step * query_step / 4
+    )
+    assert np.all(np.abs(got - exact) <= bound * 1.001 + 1e-6 * np.abs(exact) + 1e-30)
