@@ -289,17 +289,17 @@ class LLMRegistry:
     def _fetch(self, turn: Turn) -> tuple[str, list[StoredMessage]]:
         block = ""
         history: list[StoredMessage] = []
-        read: list[BaseException | None] = []  # one entry once the transcript was read
+        transcript_read = False
+        failed: Exception | None = None
 
         def read_transcript() -> None:
-            nonlocal history
+            nonlocal history, transcript_read, failed
+            transcript_read = True
             try:
                 history = self.memori.messages(turn.session_id, limit=self.replay_messages)
-                read.append(None)
             except Exception as e:  # reported below; the recall itself goes on
-                read.append(e)
+                failed = e
 
-        failed: BaseException | None = None
         try:
             if turn.query:
                 # The transcript is read while recall waits for the query's embedding.
@@ -308,9 +308,8 @@ class LLMRegistry:
                 )
         except Exception as e:
             failed = e
-        if turn.wants_history and not read:
+        if turn.wants_history and not transcript_read:
             read_transcript()
-        failed = failed or (read[0] if read else None)
         if failed is not None:
             self._recall_failed(failed)  # once per call: the caller sees one failed recall
         return block, history

@@ -90,6 +90,8 @@ def _int8_product() -> Any:
             import onnxruntime as ort
             from onnx import TensorProto, helper
 
+            from memori_core.embedding import session_options
+
             graph = helper.make_graph(
                 [helper.make_node("MatMulInteger", ["rows", "vector"], ["products"])],
                 "int8_product",
@@ -101,15 +103,12 @@ def _int8_product() -> Any:
             )
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
             model.ir_version = 9
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.log_severity_level = 3
             _session = (
                 os.getpid(),
                 ort.InferenceSession(
-                    model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+                    model.SerializeToString(),
+                    session_options(),
+                    providers=["CPUExecutionProvider"],
                 ),
             )
         return _session[1]
