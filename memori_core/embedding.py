@@ -20,11 +20,13 @@ import numpy as np
 from memori_core._encoder_graph import compact_int8_encoder
 from memori_core._foreground import give_way
 from memori_core.errors import ConfigurationError, InvalidVectorError
+from memori_core.store.vectors import Int8Rows
 
 __all__ = [
     "Embedder",
     "MiniLMEmbedder",
     "check_vectors",
+    "embed_and_score",
     "resolve_embedder",
 ]
 
@@ -61,6 +63,18 @@ def check_vectors(vectors: Any, count: int, dimension: int) -> np.ndarray:
     norms[norms == 0] = 1.0
     normalised: np.ndarray = array / norms
     return normalised
+
+
+def embed_and_score(embedder: Embedder, text: str, rows: Int8Rows) -> tuple[np.ndarray, np.ndarray]:
+    """`text`'s checked vector and its similarity to each of `rows`: in one model run where
+    the embedder offers `embed_and_score` (the default one does), else `embed` then
+    `rows.similarities`."""
+    fused = getattr(embedder, "embed_and_score", None)
+    if fused is None:
+        vector = check_vectors(embedder.embed([text]), 1, embedder.dimension)[0]
+        return vector, rows.similarities(vector)
+    vector, similarities = fused(text, rows)
+    return check_vectors(vector[None, :], 1, embedder.dimension)[0], similarities
 
 
 class MiniLMEmbedder:
@@ -115,6 +129,7 @@ class MiniLMEmbedder:
         )
         if compact is None and int8_activations:
             log.warning("the int8 encoder graph could not be built: embedding with float32")
+        self._compact = compact is not None
         if compact is not None:
             model = compact
             # The extended level would fuse Add + LayerNormalization into
@@ -141,8 +156,26 @@ class MiniLMEmbedder:
             out[chunk] = self._embed_batch([texts[i] for i in chunk])
         return out
 
-    def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
+    def embed_and_score(self, text: str, rows: Int8Rows) -> tuple[np.ndarray, np.ndarray]:
+        """`text`'s vector and its similarity to each of `rows` (`rows.similarities`).
+
+        The compact graph scores in the encoder's own run: a recall's query then needs one
+        call, holding the GIL only to start and to finish it (`Int8Rows.similarities` after
+        `embed` would be a second call, and a second wait for the GIL on a pool thread)."""
+        if not self._compact:
+            vector = self.embed([text])[0]
+            return vector, rows.similarities(vector)
+        vectors, similarities = self._session.run(
+            ["sentence_embedding", "similarities"], self._feeds([text], rows)
+        )
+        return vectors[0], similarities[:, 0]
+
+    def _feeds(self, texts: list[str], rows: Int8Rows | None = None) -> dict[str, np.ndarray]:
+        encodings = (
+            [self._tokenizer.encode(texts[0])]
+            if len(texts) == 1
+            else self._tokenizer.encode_batch(texts)
+        )
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(texts), width), dtype=np.int64)
         mask = np.zeros((len(texts), width), dtype=np.int64)
@@ -150,9 +183,20 @@ class MiniLMEmbedder:
             ids[row, : len(encoding.ids)] = encoding.ids
             mask[row, : len(encoding.ids)] = 1
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        if self._compact:
+            rows = rows if rows is not None else Int8Rows.empty(self.dimension)
+            feeds["rows"], feeds["scales"] = rows.codes, rows.scales
+        return feeds
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        feeds = self._feeds(texts)
         # InferenceSession.run is thread-safe and releases the GIL: a query embedded while the
         # background indexer runs a batch proceeds on the other core instead of queueing.
+        if self._compact:
+            (vectors,) = self._session.run(["sentence_embedding"], feeds)
+            return np.asarray(vectors, dtype=np.float32)
         (hidden,) = self._session.run(["last_hidden_state"], feeds)
+        mask = feeds["attention_mask"]
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
@@ -241,12 +285,26 @@ class _LazyEmbedder:
             return out
         fresh = np.asarray(self._model().embed([texts[i] for i in missing]), dtype=np.float32)
         out[missing] = fresh
+        self._remember([texts[i] for i in missing], fresh)
+        return out
+
+    def embed_and_score(self, text: str, rows: Int8Rows) -> tuple[np.ndarray, np.ndarray]:
         with self._recent_lock:
-            for i, vector in zip(missing, fresh, strict=True):
-                self._recent[texts[i]] = vector
+            known = self._recent.get(text)
+            if known is not None:
+                self._recent.move_to_end(text)
+        if known is not None:
+            return known, rows.similarities(known)
+        vector, similarities = embed_and_score(self._model(), text, rows)
+        self._remember([text], vector[None, :])
+        return vector, similarities
+
+    def _remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        with self._recent_lock:
+            for text, vector in zip(texts, vectors, strict=True):
+                self._recent[text] = vector
             while len(self._recent) > self.cache_size:
                 self._recent.popitem(last=False)
-        return out
 
     def _model(self) -> Embedder:
         inner = self._inner

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from memori_core.embedding import Embedder, check_vectors
+from memori_core.embedding import Embedder, check_vectors, embed_and_score
 from memori_core.scope import Scope
 from memori_core.store.sql import MemoryRow, SQLStore
 from memori_core.store.vectors import Int8Rows
@@ -128,20 +128,17 @@ def rank(
     usually still runs on the other core: work the caller would do next anyway (the resume
     check's transcript read) then costs the call nothing."""
     # The query's embedding and its similarity to every vector of the scope (the slowest
-    # steps) run on another core while the scope's vectors are read and the lexical leg runs
-    # here: ONNX inference and SQLite release the GIL.
+    # steps) run on another core while the lexical leg runs here: ONNX inference and SQLite
+    # release the GIL. The scope's vectors are read first, so that the pool thread makes one
+    # model call that embeds and scores, and needs the GIL only to start and to finish.
     dense_embedder = embedder if query.strip() else None
-    pending = _DenseLeg(dense_embedder, query) if dense_embedder is not None else None
     scope_ids: np.ndarray | None = None
     scope_rows: Int8Rows | None = None
-    try:
-        if pending is not None and vector_index is None:
-            scope_ids, scope_rows = store.scope_vectors(
-                scope, pending.model_id, share_across_processes
-            )
-    finally:
-        if pending is not None:
-            pending.score(scope_rows)  # also on failure: the pool thread waits for it
+    if dense_embedder is not None and vector_index is None:
+        scope_ids, scope_rows = store.scope_vectors(
+            scope, dense_embedder.model_id, share_across_processes
+        )
+    pending = _DenseLeg(dense_embedder, query, scope_rows) if dense_embedder is not None else None
     try:
         terms = lexical_terms(query)
         lexical = (
@@ -478,50 +475,34 @@ def _query_pool() -> ThreadPoolExecutor:
 
 
 class _DenseLeg:
-    """The query's vector and its similarity to each row of the scope's vectors, computed on a
-    pool thread: the embedding starts at once, the scoring once `score()` hands over the rows;
-    `result()` waits for both. A failing embedder gives (None, None): recall then stays
-    lexical.
+    """The query's vector and its similarity to each of the scope's vectors (`rows`; None:
+    only the vector is wanted), computed on a pool thread from construction on; `result()`
+    waits for them. A failing embedder gives (None, None): recall then stays lexical.
     """
 
-    def __init__(self, embedder: Embedder, query: str) -> None:
+    def __init__(self, embedder: Embedder, query: str, rows: Int8Rows | None) -> None:
         self._embedder = embedder
-        self.model_id = embedder.model_id
         self._query = query
-        self._rows: Future[Int8Rows | None] = Future()
-        self._vector: Future[np.ndarray | None] = Future()
-        self._scores: Future[np.ndarray | None] | None
+        self._rows = rows
+        self._done: Future[tuple[np.ndarray | None, np.ndarray | None]] | None
         try:
-            self._scores = _query_pool().submit(self._embed_and_score)
+            self._done = _query_pool().submit(self._embed_and_score)
         except RuntimeError:  # interpreter shutting down: run it inline in result()
-            self._scores = None
+            self._done = None
 
-    def score(self, rows: Int8Rows | None) -> None:
-        """The rows to score the query's vector against (None: only the vector is wanted)."""
-        self._rows.set_result(rows)
-
-    def _embed_and_score(self) -> np.ndarray | None:
-        vector: np.ndarray | None = None
+    def _embed_and_score(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         try:
-            vector = check_vectors(
-                self._embedder.embed([self._query]), 1, self._embedder.dimension
-            )[0]
+            if self._rows is None:
+                vector = self._embedder.embed([self._query])
+                return check_vectors(vector, 1, self._embedder.dimension)[0], None
+            return embed_and_score(self._embedder, self._query, self._rows)
         except Exception:
             log.warning("embedding the query failed; recalling lexically", exc_info=True)
-        finally:
-            # Always answered, so that result() never waits for scores that are not coming.
-            self._vector.set_result(vector)
-        rows = self._rows.result()
-        if vector is None or rows is None:
-            return None
-        # One product: splitting it with the caller measured no faster (two int8 products
-        # of half the rows side by side took as long as one of all of them).
-        return rows.similarities(vector)
+            return None, None
 
     def result(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(vector, similarities to every row), either None if unavailable."""
-        scores = self._embed_and_score() if self._scores is None else self._scores.result()
-        return self._vector.result(), scores
+        return self._embed_and_score() if self._done is None else self._done.result()
 
 
 @functools.lru_cache(maxsize=4096)

@@ -227,9 +227,7 @@ def test_cached_vectors_score_close_to_float32_and_the_same_in_any_slice(count: 
     matrix = rng.normal(size=(count, embedder.dimension)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     rows = Int8Rows.quantize(matrix)
-    leg = _DenseLeg(embedder, "trip to Tokyo")
-    leg.score(rows)
-    vector, scores = leg.result()
+    vector, scores = _DenseLeg(embedder, "trip to Tokyo", rows).result()
     assert vector is not None and scores is not None
     assert np.allclose(vector, embedder.embed(["trip to Tokyo"])[0])
     assert scores.dtype == np.float32 and scores.shape == (count,)
@@ -240,9 +238,11 @@ def test_cached_vectors_score_close_to_float32_and_the_same_in_any_slice(count: 
     assert np.array_equal(Int8Rows.concat([rows[:half], rows[half:]]).similarities(vector), scores)
 
     # A failing embedder gives no vector and no scores.
-    failing = _DenseLeg(FailingEmbedder(), "trip to Tokyo")
-    failing.score(rows)
-    assert failing.result() == (None, None)
+    assert _DenseLeg(FailingEmbedder(), "trip to Tokyo", rows).result() == (None, None)
+    assert _DenseLeg(FailingEmbedder(), "trip to Tokyo", None).result() == (None, None)
+    # Without rows (a vector index searches instead) only the vector is computed.
+    only_vector, no_scores = _DenseLeg(embedder, "trip to Tokyo", None).result()
+    assert no_scores is None and np.array_equal(only_vector, vector)
 
 
 def test_cached_vectors_handle_empty_scopes_and_zero_vectors() -> None:

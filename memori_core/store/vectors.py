@@ -28,7 +28,7 @@ CacheKey = tuple[str, str | None, str]
 
 # onnxruntime's fastest int8 product takes an unsigned left operand: a row's int8 code is
 # stored plus 128, and the query's code sum times 128 subtracted after (exact integers).
-_OFFSET = 128
+CODE_OFFSET = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class Int8Rows:
         vectors = np.asarray(vectors, dtype=np.float32)
         scales = np.abs(vectors).max(axis=1) / 127.0
         scales[scales == 0] = 1.0
-        codes = np.rint(vectors / scales[:, None]).astype(np.int16) + _OFFSET
+        codes = np.rint(vectors / scales[:, None]).astype(np.int16) + CODE_OFFSET
         return cls(codes.astype(np.uint8), scales.astype(np.float32))
 
     @classmethod
@@ -72,7 +72,7 @@ class Int8Rows:
         scale = max(float(np.abs(vector).max()) / 127.0, 1e-30)
         code = np.rint(vector / scale).astype(np.int8)
         (products,) = _int8_product().run(None, {"rows": self.codes, "vector": code[:, None]})
-        exact = products[:, 0] - _OFFSET * int(code.sum(dtype=np.int64))
+        exact = products[:, 0] - CODE_OFFSET * int(code.sum(dtype=np.int64))
         out: np.ndarray = exact.astype(np.float32) * self.scales * np.float32(scale)
         return out
 
