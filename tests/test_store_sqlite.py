@@ -202,3 +202,25 @@ def test_memories_stored_before_the_scoped_index_are_found_after_the_upgrade(
         assert conn.execute(
             "SELECT count(*) FROM memori_memories WHERE lexical_text IS NULL"
         ).fetchone() == (0,)
+
+
+def test_a_statement_the_driver_rejects_is_a_storage_error(tmp_path: Path) -> None:
+    """Recall's and recording's statements run on the driver's cursor; what the driver raises
+    still reaches the caller as `StorageError`, and a failed write leaves earlier turns whole."""
+    from memori_core.errors import StorageError
+
+    path = tmp_path / "m.db"
+    mem = Memori(f"sqlite:///{path}", embedder=None).attribution("u", "agent")
+    mem.record([{"role": "user", "content": "My locker code is 4417."}])
+    with sqlite3.connect(path) as conn:
+        # Recording a memory now fails inside the transaction, after its message was inserted.
+        conn.execute("ALTER TABLE memori_memories RENAME COLUMN lexical_text TO gone")
+    with pytest.raises(StorageError, match="write failed"):
+        mem.record([{"role": "user", "content": "My bike is blue."}])
+    assert [m.content for m in mem.messages()] == ["My locker code is 4417."]
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE memori_memories RENAME COLUMN gone TO lexical_text")
+        conn.execute("ALTER TABLE memori_messages RENAME TO memori_messages_gone")
+    with pytest.raises(StorageError, match="read failed"):
+        mem.messages()
+    assert [r.text for r in mem.recall("locker")] == ["My locker code is 4417."]

@@ -39,11 +39,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from memori_core.errors import InvalidVectorError, ScopeError, StorageError
 from memori_core.scope import Scope
 from memori_core.store import schema
+from memori_core.store._prepared import Prepared
 from memori_core.store.lexical import scope_prefix, scoped_text, scoped_words
 from memori_core.store.schema import (
     FTS_TABLE,
@@ -146,38 +148,86 @@ def _process_is(column: Any, entity_wide: bool) -> ColumnElement[bool]:
 
 _MEMORIES_VERSION = text(f"SELECT memories FROM {schema.CHANGE_COUNTERS_TABLE} WHERE id = 1")
 _VECTORS_VERSION = text(f"SELECT vectors FROM {schema.CHANGE_COUNTERS_TABLE} WHERE id = 1")
+# The columns a recorded message and an episodic memory are inserted with.
+_MESSAGE_COLUMNS = (
+    "session_id",
+    "entity_id",
+    "process_id",
+    "seq",
+    "role",
+    "content",
+    "name",
+    "tool_calls",
+    "tool_call_id",
+    "payload",
+    "content_hash",
+    "created_at",
+)
+_MEMORY_COLUMNS = (
+    "entity_id",
+    "process_id",
+    "session_id",
+    "kind",
+    "text",
+    "text_hash",
+    "scope_key",
+    "lexical_text",
+    "fact_key",
+    "source_message_ids",
+    "created_at",
+    "valid_from",
+    "salience",
+    "times_seen",
+    "embed_attempts",
+)
 _NOTHING_TRUSTED: frozenset[int] = frozenset()
 
 
 class _Statements:
     """The hot statements of recording and recall, built once per dialect (values are bound),
-    each in its variants for a scope with a process and an entity-wide one."""
+    each in its variants for a scope with a process and an entity-wide one, and run on the
+    driver (`Prepared`)."""
 
-    def __init__(self, dialect: str) -> None:
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    def __init__(self, dialect: Dialect) -> None:
+        name = dialect.name
+        insert = pg_insert if name == "postgresql" else sqlite_insert
         upsert = insert(sessions)
-        self.upsert_session = upsert.on_conflict_do_update(
-            index_elements=["id"], set_={"last_active_at": upsert.excluded.last_active_at}
-        ).returning(sessions.c.entity_id, sessions.c.process_id)
+        self.upsert_session = Prepared(
+            upsert.on_conflict_do_update(
+                index_elements=["id"], set_={"last_active_at": upsert.excluded.last_active_at}
+            ).returning(sessions.c.entity_id, sessions.c.process_id),
+            dialect,
+        )
         self.insert_memory = memories.insert().returning(memories.c.id)
-        self.insert_memories = memories.insert()
-        self.insert_messages = messages.insert().returning(messages)
+        self.insert_memories = Prepared(memories.insert(), dialect, _MEMORY_COLUMNS)
+        self.insert_message = Prepared(
+            messages.insert().returning(messages), dialect, _MESSAGE_COLUMNS
+        )
         wide = (False, True)
         # A session's last `limit` messages' (seq, content_hash), newest first.
         self.tail = {
-            w: self._transcript(w, [messages.c.seq, messages.c.content_hash], limited=True)
+            w: Prepared(
+                self._transcript(w, [messages.c.seq, messages.c.content_hash], limited=True),
+                dialect,
+            )
             for w in wide
         }
         # A session's messages, oldest first; or its last `limit` of them, newest first.
         self.transcript = {
-            (w, limited): self._transcript(w, [messages], limited) for w in wide for limited in wide
+            (w, limited): Prepared(self._transcript(w, [messages], limited), dialect)
+            for w in wide
+            for limited in wide
         }
         # Memories of a scope stored after the vector cache last looked.
-        self.newer = {w: self._newer(w) for w in wide}
+        self.newer = {w: Prepared(self._newer(w), dialect) for w in wide}
         # Lexical search, also with entity-wide memories (`shared`) for a scope with a process.
         self.lexical = {
-            (w, shared): self._lexical(dialect, w, shared) for w in wide for shared in wide
+            (w, shared): Prepared(self._lexical(name, w, shared), dialect)
+            for w in wide
+            for shared in wide
         }
+        self.memories_version = Prepared(_MEMORIES_VERSION, dialect)
+        self.vectors_version = Prepared(_VECTORS_VERSION, dialect)
 
     @staticmethod
     def _transcript(entity_wide: bool, columns: list[Any], limited: bool) -> Any:
@@ -252,18 +302,19 @@ class _ByIds:
     which was most of a recall's SQL time (~270 ids a recall).
     """
 
-    def __init__(self, dialect: str) -> None:
-        self.postgres = dialect == "postgresql"
+    def __init__(self, dialect: Dialect) -> None:
+        self.postgres = dialect.name == "postgresql"
         among: ColumnElement[bool]
         if self.postgres:
             among = memories.c.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
         else:
             listed = func.json_each(bindparam("ids", type_=String)).table_valued("value")
             among = memories.c.id.in_(select(listed.c.value))
-        self.vectors = (
-            select(memories.c.id, memories.c.embedding).where(among).order_by(memories.c.id)
+        self.vectors = Prepared(
+            select(memories.c.id, memories.c.embedding).where(among).order_by(memories.c.id),
+            dialect,
         )
-        self.present = select(
+        present = select(
             memories.c.id,
             memories.c.entity_id,
             memories.c.process_id,
@@ -271,20 +322,24 @@ class _ByIds:
             memories.c.times_seen,
             memories.c.source_message_ids,
         ).where(among)
-        self.present_current = self.present.where(memories.c.valid_to.is_(None))
-        self.rows = select(
-            memories.c.id,
-            memories.c.entity_id,
-            memories.c.process_id,
-            memories.c.session_id,
-            memories.c.kind,
-            memories.c.text,
-            memories.c.text_hash,
-            memories.c.created_at,
-            memories.c.salience,
-            memories.c.times_seen,
-            memories.c.source_message_ids,
-        ).where(among)
+        self.present = Prepared(present, dialect)
+        self.present_current = Prepared(present.where(memories.c.valid_to.is_(None)), dialect)
+        self.rows = Prepared(
+            select(
+                memories.c.id,
+                memories.c.entity_id,
+                memories.c.process_id,
+                memories.c.session_id,
+                memories.c.kind,
+                memories.c.text,
+                memories.c.text_hash,
+                memories.c.created_at,
+                memories.c.salience,
+                memories.c.times_seen,
+                memories.c.source_message_ids,
+            ).where(among),
+            dialect,
+        )
 
         # One statement for a whole batch: each turn with the turn before it in its session.
         before = memories.alias("before")
@@ -321,13 +376,15 @@ class SQLStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # The driver module (sqlite3, psycopg): `Prepared` statements raise its errors.
+        self._driver_errors: Any = engine.dialect.loaded_dbapi
         self._migrated = False
         self._vectors = VectorCache()
         self._rows: dict[int, tuple[tuple[Any, ...], MemoryRow]] = {}
         self._trusted: tuple[int, set[int]] = (-1, set())
         self._trusted_lock = threading.Lock()
-        self._by_ids = _ByIds(self.dialect)
-        self._statements = _Statements(self.dialect)
+        self._by_ids = _ByIds(engine.dialect)
+        self._statements = _Statements(engine.dialect)
         self._migrate_lock = threading.Lock()
         self._snapshot: ContextVar[Connection | None] = ContextVar(
             f"memori_core_snapshot_{id(self):x}", default=None
@@ -366,7 +423,7 @@ class SQLStore:
         try:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, self._driver_errors.Error) as e:
             raise StorageError(f"database read failed: {e}") from e
 
     @contextmanager
@@ -378,7 +435,9 @@ class SQLStore:
                     yield conn
         except IntegrityError as e:
             raise StorageError(f"database write conflicted: {e.orig}") from e
-        except SQLAlchemyError as e:
+        except self._driver_errors.IntegrityError as e:  # from a `Prepared` statement
+            raise StorageError(f"database write conflicted: {e}") from e
+        except (SQLAlchemyError, self._driver_errors.Error) as e:
             raise StorageError(f"database write failed: {e}") from e
 
     def migrate(self) -> list[str]:
@@ -413,8 +472,8 @@ class SQLStore:
         # One statement creates or touches the session and says whose it is. Updating the row
         # also locks it on PostgreSQL, which serialises writers of one session (SQLite's
         # BEGIN IMMEDIATE already does), so sequence numbers never collide.
-        owner = conn.execute(
-            self._statements.upsert_session,
+        (owner,) = self._statements.upsert_session.rows(
+            conn,
             {
                 "id": scope.session_id,
                 "entity_id": scope.entity_id,
@@ -422,7 +481,7 @@ class SQLStore:
                 "created_at": now,
                 "last_active_at": now,
             },
-        ).one()
+        )
         if (owner.entity_id, owner.process_id) != (scope.entity_id, scope.process_id):
             raise ScopeError(f"session {scope.session_id} belongs to another entity or process")
 
@@ -469,7 +528,7 @@ class SQLStore:
             "limit": limit,
         }
         with self._read() as conn:
-            rows = list(conn.execute(query, params).all())
+            rows = query.rows(conn, params)
         if limit is not None:
             rows.reverse()
         return [self._stored(r) for r in rows]
@@ -509,15 +568,15 @@ class SQLStore:
         hashes = [message_hash(m) for m in new_messages]
         with self._write() as conn:
             self._ensure_session(conn, scope, now)
-            tail = conn.execute(
-                self._statements.tail[scope.process_id is None],
+            tail = self._statements.tail[scope.process_id is None].rows(
+                conn,
                 {
                     "session": scope.session_id,
                     "entity": scope.entity_id,
                     "process": scope.process_id,
                     "limit": max(len(new_messages), 1),
                 },
-            ).all()
+            )
             last_seq = tail[0].seq if tail else 0
             skip = 0
             if dedupe_prefix and tail:
@@ -549,8 +608,8 @@ class SQLStore:
                 )
             if not rows:
                 return []
-            inserted = conn.execute(self._statements.insert_messages, rows).all()
-            stored = sorted((self._stored(r) for r in inserted), key=lambda m: m.seq)
+            insert = self._statements.insert_message
+            stored = [self._stored(insert.rows(conn, row)[0]) for row in rows]
             drafts, extraction_failed = drafts_for(stored)
             if drafts:
                 by_seq = {m.seq: m.id for m in stored}
@@ -662,7 +721,7 @@ class SQLStore:
                 events.append(values)
                 continue
             if events:
-                conn.execute(self._statements.insert_memories, events)
+                self._statements.insert_memories.run_many(conn, events)
                 events = []
             if draft.kind != "event":
                 existing = conn.execute(
@@ -700,7 +759,7 @@ class SQLStore:
                     .values(valid_to=created, superseded_by=new_id)
                 )
         if events:
-            conn.execute(self._statements.insert_memories, events)
+            self._statements.insert_memories.run_many(conn, events)
 
     @staticmethod
     def _visible(scope: Scope, share_across_processes: bool) -> ColumnElement[bool]:
@@ -741,7 +800,7 @@ class SQLStore:
             params["q"] = " | ".join(_pg_lexeme(t) for t in terms)
             sign = 1.0
         with self._read() as conn:
-            rows = conn.execute(statement, params).all()
+            rows = statement.rows(conn, params)
         return [(int(r.id), sign * float(r.rank)) for r in rows]
 
     def _scope_vectors(
@@ -755,7 +814,7 @@ class SQLStore:
             # Memories still waiting for a vector are read again until they have one; on
             # SQLite only once a vector was written somewhere since the last look.
             version = (
-                conn.execute(_VECTORS_VERSION).scalar_one() if self.dialect == "sqlite" else None
+                self._statements.vectors_version.scalar(conn) if self.dialect == "sqlite" else None
             )
             with self._vectors.lock:
                 entry = self._vectors.get(key, dimension)
@@ -763,22 +822,22 @@ class SQLStore:
                 start = high_water
                 if version is not None and version == entry.vectors_version:
                     start = max(high_water, entry.looked_up_to)
-            newer = conn.execute(
-                statement,
+            newer = statement.rows(
+                conn,
                 {
                     "entity": entity_id,
                     "process": process_id,
                     "model": model_id,
                     "high_water": start,
                 },
-            ).all()
+            )
             with self._vectors.lock:
                 seen = self._vectors.get(key, dimension).seen
                 wanted = [int(r.id) for r in newer if r.ready and int(r.id) not in seen]
             blobs: list[Any] = []
             for chunk_start in range(0, len(wanted), 500):
                 chunk = wanted[chunk_start : chunk_start + 500]
-                blobs.extend(conn.execute(self._by_ids.vectors, self._by_ids.bind(chunk)).all())
+                blobs.extend(self._by_ids.vectors.rows(conn, self._by_ids.bind(chunk)))
         pending = [int(r.id) for r in newer if not r.ready]
         # Memories still waiting for a vector are read again next time; the rest are cached.
         if start > high_water:
@@ -893,7 +952,7 @@ class SQLStore:
         out: dict[int, MemoryRow] = {}
         missing: list[int] = []
         with self._read() as conn:
-            version = conn.execute(_MEMORIES_VERSION).scalar_one() if counted else None
+            version = self._statements.memories_version.scalar(conn) if counted else None
             trusted = self._trusted_rows(version)
             unchecked: list[int] = []
             for memory_id in wanted:
@@ -902,7 +961,7 @@ class SQLStore:
                     unchecked.append(memory_id)
                 else:
                     out[memory_id] = known[1]
-            present = conn.execute(presence, by_ids.bind(unchecked)).all() if unchecked else []
+            present = presence.rows(conn, by_ids.bind(unchecked)) if unchecked else []
             for check in present:
                 known = cache.get(check.id)
                 if known is not None and known[0] == tuple(check):
@@ -910,7 +969,7 @@ class SQLStore:
                 else:
                     missing.append(check.id)
             if missing:
-                rows = conn.execute(by_ids.rows, by_ids.bind(missing)).all()
+                rows = by_ids.rows.rows(conn, by_ids.bind(missing))
         self._trust_rows(version, [i for i in out if i not in trusted])
         if not missing:
             return out
