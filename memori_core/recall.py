@@ -129,16 +129,27 @@ def rank(
     check's transcript read) then costs the call nothing."""
     # The query's embedding and its similarity to every vector of the scope (the slowest
     # steps) run on another core while the lexical leg runs here: ONNX inference and SQLite
-    # release the GIL. The scope's vectors are read first, so that the pool thread makes one
-    # model call that embeds and scores, and needs the GIL only to start and to finish.
+    # release the GIL. The pool thread makes one model call that embeds and scores, and needs
+    # the GIL only to start and to finish; it starts at once with the vectors cached so far,
+    # and the few stored since are scored here once the query's vector is known.
     dense_embedder = embedder if query.strip() else None
     scope_ids: np.ndarray | None = None
     scope_rows: Int8Rows | None = None
+    cached_ids: np.ndarray | None = None
+    pending: _DenseLeg | None = None
     if dense_embedder is not None and vector_index is None:
-        scope_ids, scope_rows = store.scope_vectors(
-            scope, dense_embedder.model_id, share_across_processes
+        model_id = dense_embedder.model_id
+        cached_ids, cached_rows = store.cached_scope_vectors(
+            scope, model_id, share_across_processes
         )
-    pending = _DenseLeg(dense_embedder, query, scope_rows) if dense_embedder is not None else None
+        if cached_rows is not None:
+            pending = _DenseLeg(dense_embedder, query, cached_rows)
+        scope_ids, scope_rows = store.scope_vectors(scope, model_id, share_across_processes)
+        if pending is None:  # nothing cached yet: embed and score what was just read
+            cached_ids = scope_ids
+            pending = _DenseLeg(dense_embedder, query, scope_rows)
+    elif dense_embedder is not None:
+        pending = _DenseLeg(dense_embedder, query, None)
     try:
         terms = lexical_terms(query)
         lexical = (
@@ -154,7 +165,8 @@ def rank(
     if embedder is not None and vector is not None:
         if vector_index is None:
             # Every vector of the scope is at hand: neighbours get their exact similarity.
-            if scope_ids is not None and scores is not None:
+            if scope_ids is not None and scope_rows is not None and scores is not None:
+                scores = _all_scores(scores, cached_ids, scope_ids, scope_rows, vector)
                 dense = _DenseScores(scope_ids, scores)
         else:
             hits = store.dense_search(
@@ -330,6 +342,25 @@ def relevance_of(
     out[:, 0] *= lexical_scale
     out[:, 1] = dense.lookup(np.asarray(ids, dtype=np.int64)) * dense_scale
     return np.clip(out, 0.0, None)
+
+
+def _all_scores(
+    scores: np.ndarray,
+    scored_ids: np.ndarray | None,
+    ids: np.ndarray,
+    rows: Int8Rows,
+    vector: np.ndarray,
+) -> np.ndarray:
+    """Similarities of all `rows`, given `scores` of the rows `scored_ids` (the pool thread's,
+    from the cache before it was refreshed): usually a prefix, and only the rest is scored."""
+    if scored_ids is ids:
+        return scores
+    done = 0 if scored_ids is None else len(scored_ids)
+    if scored_ids is not None and 0 < done <= len(ids) and np.array_equal(ids[:done], scored_ids):
+        if done == len(ids):
+            return scores
+        return np.concatenate([scores, rows[done:].similarities(vector)])
+    return rows.similarities(vector)  # the cache changed otherwise (evicted, shared scope)
 
 
 class _DenseScores:

@@ -201,6 +201,30 @@ class StoreContract:
         )
         assert top.source_message_ids and top.session_id == str(mem.config.session_id)
 
+    @pytest.mark.parametrize("shared", [False, True])
+    def test_memories_embedded_after_a_recall_are_scored_by_meaning_in_the_next(
+        self, new: MemoriFactory, user: str, shared: bool
+    ) -> None:
+        """Recall starts scoring the vectors it cached earlier before it reads the newer ones;
+        those are scored too (also in a scope sharing the entity-wide memories)."""
+        mem = new(share_across_processes=shared).attribution(user, "chat")
+        everyone = new().attribution(user)
+        mem.record([{"role": "user", "content": "I drink green tea every morning."}])
+        everyone.record([{"role": "user", "content": "I live in Lisbon."}])
+        mem.flush()
+        everyone.flush()
+        assert "tea" in mem.recall("green tea")[0].text  # the scope's vectors are cached now
+        mem.record([{"role": "user", "content": "My dog is called Rex."}])
+        everyone.record([{"role": "user", "content": "My bicycle is a red Brompton."}])
+        mem.flush()
+        everyone.flush()
+        found = {r.text: r for r in mem.recall("dog Rex bicycle Brompton tea", limit=10)}
+        assert found["My dog is called Rex."].parts.dense > 0
+        assert found["I drink green tea every morning."].parts.dense > 0
+        assert ("My bicycle is a red Brompton." in found) is shared
+        if shared:
+            assert found["My bicycle is a red Brompton."].parts.dense > 0
+
     def test_recall_is_scoped_by_entity_and_process(self, new: MemoriFactory, user: str) -> None:
         support = new().attribution(user, "support")
         support.record([{"role": "user", "content": "My router model is AX3000."}])

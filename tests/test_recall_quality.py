@@ -245,6 +245,31 @@ def test_cached_vectors_score_close_to_float32_and_the_same_in_any_slice(count: 
     assert no_scores is None and np.array_equal(only_vector, vector)
 
 
+def test_vectors_cached_after_the_pool_thread_started_are_scored_too() -> None:
+    """The dense leg starts with the vectors cached so far; the ones the refresh adds are
+    scored afterwards, and an entry that changed otherwise is scored again whole."""
+    from memori_core.recall import _all_scores
+    from memori_core.store.vectors import Int8Rows
+
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(6, 16)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    vector = matrix[4]
+    rows = Int8Rows.quantize(matrix)
+    ids = np.array([3, 5, 8, 9, 12, 20])
+    expected = rows.similarities(vector)
+    early = rows[:4].similarities(vector)
+    assert np.array_equal(_all_scores(early, ids[:4], ids, rows, vector), expected)
+    assert _all_scores(expected, ids, ids, rows, vector) is expected
+    assert np.array_equal(_all_scores(expected, ids.copy(), ids, rows, vector), expected)
+    # Cached rows that are not the refreshed ones' start (an evicted and refilled entry, a
+    # shared scope whose first part grew): every row is scored again.
+    stale = np.full(4, 9.0, dtype=np.float32)
+    assert np.array_equal(_all_scores(stale, ids[1:5], ids, rows, vector), expected)
+    assert np.array_equal(_all_scores(stale, np.arange(8), ids, rows, vector), expected)
+    assert np.array_equal(_all_scores(stale, None, ids, rows, vector), expected)
+
+
 def test_cached_vectors_handle_empty_scopes_and_zero_vectors() -> None:
     from memori_core.store.vectors import Int8Rows, ScopeVectors
 

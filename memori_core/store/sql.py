@@ -877,6 +877,26 @@ class SQLStore:
         if share_across_processes and scope.process_id is not None:
             process_ids.append(None)
         parts = [self._scope_vectors(scope.entity_id, p, model_id, dimension) for p in process_ids]
+        return self._joined(parts)
+
+    def cached_scope_vectors(
+        self, scope: Scope, model_id: str, share_across_processes: bool
+    ) -> tuple[np.ndarray, Int8Rows | None]:
+        """`scope_vectors` as the cache holds them now, without reading the store: the
+        memories embedded since it last looked are missing. The rows `scope_vectors` returns
+        next start with these while the cache keeps the scope."""
+        process_ids: list[str | None] = [scope.process_id]
+        if share_across_processes and scope.process_id is not None:
+            process_ids.append(None)
+        with self._vectors.lock:
+            entries = [self._vectors.peek((scope.entity_id, p, model_id)) for p in process_ids]
+            parts = [entry.view() for entry in entries if entry is not None]
+        return self._joined(parts)
+
+    @staticmethod
+    def _joined(
+        parts: list[tuple[np.ndarray, Int8Rows]],
+    ) -> tuple[np.ndarray, Int8Rows | None]:
         parts = [(ids, matrix) for ids, matrix in parts if len(ids)]
         if not parts:
             return np.zeros(0, dtype=np.int64), None

@@ -175,6 +175,10 @@ class VectorCache:
         self._entries.move_to_end(key)
         return entry
 
+    def peek(self, key: CacheKey) -> ScopeVectors | None:
+        """The entry for `key` if there is one, unchanged; call with `lock` held."""
+        return self._entries.get(key)
+
     def evict(self) -> None:
         """Drop least recently used entries beyond the budget; call with `lock` held."""
         total = sum(e.size for e in self._entries.values())
