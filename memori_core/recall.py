@@ -253,6 +253,15 @@ def rank(
     # Score parts are built only for what is returned; here a row carries plain floats, behind
     # its sort key (best score first, then the newest memory).
     scored: list[tuple[float, int, float, float, float, float, MemoryRow]] = []
+    # The loop runs over ~200 rows a recall: the settings it reads are taken out of `config`
+    # once, not per row.
+    session_weight = config.session_weight
+    other_speaker_factor = config.other_speaker_factor
+    short_turn_words = config.short_turn_words
+    short_turn_power = config.short_turn_power
+    outside_period_factor = config.outside_period_factor
+    recency_weight = config.recency_weight
+    salience_weight = config.salience_weight
     for memory_id, row in rows.items():
         lexical_part, dense_part = parts_of[memory_id]
         for near, weight in neighbour_hops:
@@ -267,29 +276,29 @@ def rank(
                 dense_part += weight * best_dense
         session_lift = session_best.get(row.session_id)
         if session_lift is not None:
-            lexical_part += config.session_weight * session_lift[0]
-            dense_part += config.session_weight * session_lift[1]
+            lexical_part += session_weight * session_lift[0]
+            dense_part += session_weight * session_lift[1]
         if lexical_part + dense_part <= 0 and memory_id not in candidate_set:
             continue  # a probed row that nothing relevant sits next to
         speaker = row.speaker
         if named and speaker is not None and speaker not in named:
-            lexical_part *= config.other_speaker_factor
-            dense_part *= config.other_speaker_factor
+            lexical_part *= other_speaker_factor
+            dense_part *= other_speaker_factor
         # "Thanks, sounds great!" rarely holds what a question asks for, yet BM25's length
         # normalisation and the neighbour lift push such turns up. Facts are short on purpose
         # (one extracted statement), so only turns are judged by length.
-        if config.short_turn_words > 0 and row.kind == "event":
+        if short_turn_words > 0 and row.kind == "event":
             word_count = row.word_count
-            if word_count < config.short_turn_words:
-                length = (word_count / config.short_turn_words) ** config.short_turn_power
+            if word_count < short_turn_words:
+                length = (word_count / short_turn_words) ** short_turn_power
                 lexical_part *= length
                 dense_part *= length
         if period is not None and not period[0] <= row.created_at < period[1]:
-            lexical_part *= config.outside_period_factor
-            dense_part *= config.outside_period_factor
+            lexical_part *= outside_period_factor
+            dense_part *= outside_period_factor
         age = max(0.0, current - row.created_at)
-        recency = config.recency_weight * 0.5 ** (age / half_life)
-        salience = config.salience_weight * min(1.0, row.salience + 0.05 * (row.times_seen - 1))
+        recency = recency_weight * 0.5 ** (age / half_life)
+        salience = salience_weight * min(1.0, row.salience + 0.05 * (row.times_seen - 1))
         score = lexical_part + dense_part + recency + salience
         scored.append((-score, -memory_id, lexical_part, dense_part, recency, salience, row))
     scored.sort()  # ids are unique: rows themselves are never compared

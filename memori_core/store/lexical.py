@@ -10,6 +10,7 @@ it would without it (a digit-led prefix adds no vowel).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -22,6 +23,7 @@ __all__ = ["scope_prefix", "scoped_text", "scoped_words"]
 WORD = re.compile(r"[^\W_]+")
 
 
+@functools.lru_cache(maxsize=4096)
 def scope_prefix(entity_id: str, process_id: str | None) -> str:
     """16 digits identifying (entity, process) in index words."""
     ids = json.dumps([entity_id, process_id]).encode()

@@ -5,6 +5,7 @@ Every read takes a `Scope` and filters on its columns; ids are always bound para
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -63,6 +64,7 @@ __all__ = ["MemoryDraft", "MemoryRow", "SQLStore", "message_hash", "scope_key"]
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
+@functools.lru_cache(maxsize=4096)
 def scope_key(entity_id: str, process_id: str | None) -> str:
     """A hash of (entity, process), stored with each memory (the `scope_key` column)."""
     ids = json.dumps([entity_id, process_id]).encode()
