@@ -214,7 +214,8 @@ def test_a_reply_is_embedded_with_the_turn_it_answers(
     assert top(turn_context=False) == "Ben: Do you still go bouldering at the old quarry?"
 
 
-@pytest.mark.parametrize("count", [1, 300, 5000])
+# 100: its halves are scored with numpy, the whole with onnxruntime (more than 64 rows).
+@pytest.mark.parametrize("count", [1, 100, 300, 5000])
 def test_cached_vectors_score_close_to_float32_and_the_same_in_any_slice(count: int) -> None:
     """The dense leg scores the scope's 8-bit cached vectors on a pool thread: within 0.005 of
     the float32 cosine, and a row scores the same whatever rows it is scored with."""

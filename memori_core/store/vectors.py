@@ -29,6 +29,8 @@ CacheKey = tuple[str, str | None, str]
 # onnxruntime's fastest int8 product takes an unsigned left operand: a row's int8 code is
 # stored plus 128, and the query's code sum times 128 subtracted after (exact integers).
 CODE_OFFSET = 128
+# Up to this many rows are scored with numpy, more with onnxruntime's int8 product.
+_FEW_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +73,14 @@ class Int8Rows:
             return np.zeros(0, dtype=np.float32)
         scale = max(float(np.abs(vector).max()) / 127.0, 1e-30)
         code = np.rint(vector / scale).astype(np.int8)
-        (products,) = _int8_product().run(None, {"rows": self.codes, "vector": code[:, None]})
-        exact = products[:, 0] - CODE_OFFSET * int(code.sum(dtype=np.int64))
+        if len(self) <= _FEW_ROWS:
+            # A handful (the vectors a recall's refresh adds): numpy's integer product gives
+            # the same integers without the cost of calling into onnxruntime.
+            exact = self.codes.astype(np.int32) @ code.astype(np.int32)
+        else:
+            (products,) = _int8_product().run(None, {"rows": self.codes, "vector": code[:, None]})
+            exact = products[:, 0]
+        exact = exact - CODE_OFFSET * int(code.sum(dtype=np.int64))
         out: np.ndarray = exact.astype(np.float32) * self.scales * np.float32(scale)
         return out
 
