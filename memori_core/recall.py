@@ -73,13 +73,18 @@ class RankingConfig:
     The neighbour weight is lower (0.35) and the session weight higher (0.75) since turns are
     embedded after the turn before them (`EmbeddingIndexer.turn_context`): a reply's own
     vector already holds part of what the neighbour lift used to add.
+
+    Neighbours are looked for around the `neighbour_seeds` best matches (`neighbour_probe` ids
+    either side). 20 seeds rather than 30 read a third fewer rows (~0.2 ms a recall in the
+    call loop) for LoCoMo R@10 0.804 -> 0.803, hit@10 0.878 -> 0.877, R@5 0.723 -> 0.724
+    (1,536 questions; differences within what re-ingesting the same data moves).
     """
 
     lexical_weight: float = 0.5
     dense_weight: float = 0.5
     neighbour_weight: float = 0.35
     second_neighbour_weight: float = 0.25
-    neighbour_seeds: int = 30
+    neighbour_seeds: int = 20
     neighbour_probe: int = 3
     recency_weight: float = 0.05
     salience_weight: float = 0.05
