@@ -73,11 +73,28 @@ def scope_key(entity_id: str, process_id: str | None) -> str:
 
 def message_hash(message: Message) -> str:
     """Identity of a message for detecting history an app resends."""
-    body = json.dumps(
-        [message.role, message.content, message.name, message.tool_calls, message.tool_call_id],
-        sort_keys=True,
-        default=str,
-    )
+    if message.tool_calls:
+        return _hash_of(
+            message.role, message.content, message.name, message.tool_calls, message.tool_call_id
+        )
+    # A resent conversation is hashed again at every call: messages without tool calls (most)
+    # are remembered by their fields.
+    return _plain_message_hash(message.role, message.content, message.name, message.tool_call_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_message_hash(role: str, content: str, name: str | None, tool_call_id: str | None) -> str:
+    return _hash_of(role, content, name, None, tool_call_id)
+
+
+def _hash_of(
+    role: str,
+    content: str,
+    name: str | None,
+    tool_calls: list[dict[str, Any]] | None,
+    tool_call_id: str | None,
+) -> str:
+    body = json.dumps([role, content, name, tool_calls, tool_call_id], sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
