@@ -42,9 +42,12 @@ log = logging.getLogger(__name__)
 _WORD = re.compile(r"\w+")
 
 # English function words and question words: they match nearly every turn, so in an OR query
-# they only reorder long turns by chance. Content words ("Tokyo", "paint", "adopt") stay.
+# they only reorder long turns by chance. Content words ("Tokyo", "paint", "adopt") stay. The
+# tails of "Jolene's", "don't", "we'll" are words of their own to the tokenizer; "s" alone
+# matched a third of LoCoMo's memories (3,139 of 10k), and bm25 scored each of them.
 _STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before
+    """s t d ll m re ve
+    a about above after again against all am an and any are as at be because been before
     being below between both but by can could did do does doing down during each few for from
     further had has have having he her here hers herself him himself his how i if in into is it
     its itself just me more most my myself no nor not of off on once only or other our ours
