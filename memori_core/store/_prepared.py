@@ -35,7 +35,7 @@ class Prepared:
         positions = compiled.positiontup
         self._positions: list[str] | None = list(positions) if positions is not None else None
         # Values SQLAlchemy fills in itself (an OFFSET 0, a literal's parameter).
-        self._defaults: dict[str, Any] = compiled.construct_params(_check=False)
+        self._defaults: dict[str, Any] = dict(compiled.params)
         self._processors: dict[str, Callable[[Any], Any]] = {}
         for bind in compiled.binds.values():
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
