@@ -27,7 +27,8 @@ class Prepared:
     def __init__(
         self, statement: Any, dialect: Dialect, column_keys: Sequence[str] | None = None
     ) -> None:
-        # `column_keys`: the columns an INSERT sets (the others keep their server defaults).
+        # `column_keys`: the columns an INSERT sets. The others get the database's defaults:
+        # SQLAlchemy's Python-side column defaults are not applied here.
         compiled = statement.compile(
             dialect=dialect, column_keys=list(column_keys) if column_keys else None
         )
