@@ -261,7 +261,7 @@ def rank(
     # Score parts are built only for what is returned; here a row carries plain floats, behind
     # its sort key (best score first, then the newest memory).
     scored: list[tuple[float, int, float, float, float, float, MemoryRow]] = []
-    # The loop runs over ~200 rows a recall: the settings it reads are taken out of `config`
+    # The loop runs over ~150 rows a recall: the settings it reads are taken out of `config`
     # once, not per row.
     session_weight = config.session_weight
     other_speaker_factor = config.other_speaker_factor
