@@ -73,16 +73,19 @@ def scope_key(entity_id: str, process_id: str | None) -> str:
 
 def message_hash(message: Message) -> str:
     """Identity of a message for detecting history an app resends."""
-    if message.tool_calls:
+    if message.tool_calls or len(message.content) > _REMEMBERED_CHARS:
         return _hash_of(
             message.role, message.content, message.name, message.tool_calls, message.tool_call_id
         )
     # A resent conversation is hashed again at every call: messages without tool calls (most)
-    # are remembered by their fields.
+    # are remembered by their fields; long ones are not kept (the cache stays a few MB).
     return _plain_message_hash(message.role, message.content, message.name, message.tool_call_id)
 
 
-@functools.lru_cache(maxsize=4096)
+_REMEMBERED_CHARS = 2000
+
+
+@functools.lru_cache(maxsize=2048)
 def _plain_message_hash(role: str, content: str, name: str | None, tool_call_id: str | None) -> str:
     return _hash_of(role, content, name, None, tool_call_id)
 
