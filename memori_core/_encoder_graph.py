@@ -32,8 +32,10 @@ _PRODUCTS = (
 
 
 def compact_int8_encoder(model_path: Path, num_heads: int) -> bytes | None:
-    """The BERT encoder at `model_path` as a compact graph with int8 products, with the same
-    inputs (`input_ids`, `attention_mask`, `token_type_ids`) and output (`last_hidden_state`).
+    """The BERT encoder at `model_path` as a compact graph with int8 products: the same inputs
+    (`input_ids`, `attention_mask`, `token_type_ids`), plus `rows` and `scales` (cached vectors
+    as `Int8Rows` keeps them; empty when only vectors are wanted), and two outputs:
+    `sentence_embedding` (mean-pooled, unit length) and `similarities` (`[rows, texts]`).
 
     None if the `onnx` package is missing or the model is not a BERT export with int8-stored
     weights named as the shipped one's (`<prefix>encoder.layer.<n>.attention.self.query.bias`, ...).
