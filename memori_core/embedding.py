@@ -273,14 +273,11 @@ class _LazyEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         missing: list[int] = []
-        with self._recent_lock:
-            for i, text in enumerate(texts):
-                known = self._recent.get(text)
-                if known is None:
-                    missing.append(i)
-                else:
-                    self._recent.move_to_end(text)
-                    out[i] = known
+        for i, known in enumerate(self._known(texts)):
+            if known is None:
+                missing.append(i)
+            else:
+                out[i] = known
         if not missing:
             return out
         fresh = np.asarray(self._model().embed([texts[i] for i in missing]), dtype=np.float32)
@@ -289,15 +286,21 @@ class _LazyEmbedder:
         return out
 
     def embed_and_score(self, text: str, rows: Int8Rows) -> tuple[np.ndarray, np.ndarray]:
-        with self._recent_lock:
-            known = self._recent.get(text)
-            if known is not None:
-                self._recent.move_to_end(text)
+        (known,) = self._known([text])
         if known is not None:
             return known, rows.similarities(known)
         vector, similarities = embed_and_score(self._model(), text, rows)
         self._remember([text], vector[None, :])
         return vector, similarities
+
+    def _known(self, texts: Sequence[str]) -> list[np.ndarray | None]:
+        """The remembered vector of each text (None if not remembered), marked recently used."""
+        with self._recent_lock:
+            found = [self._recent.get(text) for text in texts]
+            for text, vector in zip(texts, found, strict=True):
+                if vector is not None:
+                    self._recent.move_to_end(text)
+        return found
 
     def _remember(self, texts: Sequence[str], vectors: np.ndarray) -> None:
         with self._recent_lock:

@@ -160,6 +160,14 @@ def turn_speaker(kind: str, text: str) -> str | None:
 ROW_CACHE_SIZE = 50_000
 
 
+def _searched_processes(scope: Scope, share_across_processes: bool) -> list[str | None]:
+    """The processes whose memories a search of `scope` reads: its own, and the entity-wide
+    ones (process None) when those are shared."""
+    if share_across_processes and scope.process_id is not None:
+        return [scope.process_id, None]
+    return [scope.process_id]
+
+
 def _process_is(column: Any, entity_wide: bool) -> ColumnElement[bool]:
     """`column` equals the bound `process`, or IS NULL for an entity-wide scope.
 
@@ -895,9 +903,7 @@ class SQLStore:
 
         May include memories deleted or superseded since they were cached; `get_memories`
         drops those, so rank through it."""
-        process_ids: list[str | None] = [scope.process_id]
-        if share_across_processes and scope.process_id is not None:
-            process_ids.append(None)
+        process_ids = _searched_processes(scope, share_across_processes)
         parts = [self._scope_vectors(scope.entity_id, p, model_id, dimension) for p in process_ids]
         return self._joined(parts)
 
@@ -907,9 +913,7 @@ class SQLStore:
         """`scope_vectors` as the cache holds them now, without reading the store: the
         memories embedded since it last looked are missing. The rows `scope_vectors` returns
         next start with these while the cache keeps the scope."""
-        process_ids: list[str | None] = [scope.process_id]
-        if share_across_processes and scope.process_id is not None:
-            process_ids.append(None)
+        process_ids = _searched_processes(scope, share_across_processes)
         with self._vectors.lock:
             entries = [self._vectors.peek((scope.entity_id, p, model_id)) for p in process_ids]
             parts = [entry.view() for entry in entries if entry is not None]
@@ -940,9 +944,7 @@ class SQLStore:
     ) -> list[tuple[int, float]]:
         """Memory ids with cosine similarity to `vector`, best first, within the scope."""
         query_vector = np.asarray(vector, dtype=np.float32)
-        process_ids: list[str | None] = [scope.process_id]
-        if share_across_processes and scope.process_id is not None:
-            process_ids.append(None)
+        process_ids = _searched_processes(scope, share_across_processes)
         if index is not None:
             hits = index.search(model_id, scope.entity_id, process_ids, query_vector, limit)
         else:
